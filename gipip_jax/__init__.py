@@ -1,0 +1,1 @@
+"""gipip_jax: gradient inversion attacks on federated-learning updates, in JAX."""
