@@ -1,0 +1,191 @@
+"""Victim classifiers whose parameter gradients the attacks invert.
+
+Every victim is a pure Flax Linen module wrapped in a :class:`Victim`, so that
+``jax.grad`` of the classification loss w.r.t. the parameters can itself be
+differentiated w.r.t. the input image (the double backward the attacks need).
+
+Models (inputs are NORMALIZED images of shape (B, H, W, C), outputs logits):
+
+* ``lenet``: DLG's LeNet (Zhu et al., 2019). conv 5x5/12ch stride 2 pad 2,
+  sigmoid; conv 5x5/12 stride 2 pad 2, sigmoid; conv 5x5/12 stride 1 pad 2,
+  sigmoid; flatten; dense -> classes. All weights and biases ~ U(-0.5, 0.5).
+  No BatchNorm.
+* ``convnet``: conv3x3-BN-ReLU blocks of widths 32, 64, maxpool, 128, 128,
+  maxpool, 256, maxpool, global average pool, dense. Convs have no bias
+  (BN follows). ``convnet_tiny`` uses widths 4, 8, 16, 16, 32.
+* ``resnet18``: CIFAR-style ResNet-18: 3x3 stride-1 stem conv (64), BN, ReLU,
+  no max-pool, 4 stages of 2 BasicBlocks with widths 64-128-256-512 and
+  strides 1-2-2-2, 1x1-conv+BN projection shortcut when the shape changes,
+  global average pool, dense. ``resnet_tiny`` uses widths 4-8-16-32 with one
+  block per stage.
+
+BatchNorm everywhere is ``nn.BatchNorm(use_running_average=not train,
+momentum=0.9, epsilon=1e-5)``; eval mode (``train=False``) uses the running
+statistics and is pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+class ShapeError(ValueError):
+    """An input batch whose per-image shape differs from the victim's."""
+
+
+def _uniform_init(low: float, high: float) -> Callable[..., jax.Array]:
+    """Initializer drawing every entry from U(low, high), as DLG's ``weights_init``."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, minval=low, maxval=high)
+
+    return init
+
+
+def _batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+    )
+
+
+class LeNet(nn.Module):
+    """DLG's LeNet: three sigmoid 5x5 convs (12 channels) and one dense layer."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        init = _uniform_init(-0.5, 0.5)
+        for stride in (2, 2, 1):
+            x = nn.Conv(12, (5, 5), strides=stride, padding=2, kernel_init=init, bias_init=init)(x)
+            x = nn.sigmoid(x)
+        x = x.reshape((x.shape[0], -1))
+        return nn.Dense(self.num_classes, kernel_init=init, bias_init=init)(x)
+
+
+class ConvNet(nn.Module):
+    """conv3x3-BN-ReLU stack with max-pools after the 2nd, 4th and 5th conv, GAP, dense."""
+
+    num_classes: int
+    widths: Sequence[int] = (32, 64, 128, 128, 256)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for index, width in enumerate(self.widths):
+            x = nn.Conv(width, (3, 3), padding=1, use_bias=False)(x)
+            x = nn.relu(_batch_norm(train)(x))
+            if index in (1, 3, 4):
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes)(x)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity or 1x1-conv+BN projection shortcut."""
+
+    width: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        y = nn.Conv(self.width, (3, 3), strides=self.stride, padding=1, use_bias=False)(x)
+        y = nn.relu(_batch_norm(train)(y))
+        y = nn.Conv(self.width, (3, 3), padding=1, use_bias=False)(y)
+        y = _batch_norm(train)(y)
+        if self.stride != 1 or x.shape[-1] != self.width:
+            x = nn.Conv(self.width, (1, 1), strides=self.stride, use_bias=False, name="shortcut_conv")(x)
+            x = _batch_norm(train, name="shortcut_bn")(x)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet: 3x3 stem, no max-pool, stages of BasicBlocks, GAP, dense."""
+
+    num_classes: int
+    widths: Sequence[int] = (64, 128, 256, 512)
+    blocks_per_stage: Sequence[int] = (2, 2, 2, 2)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False)(x)
+        x = nn.relu(_batch_norm(train)(x))
+        for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks_per_stage)):
+            for block in range(blocks):
+                stride = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(width, stride)(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes)(x)
+
+
+_BUILDERS: dict[str, Callable[[int], nn.Module]] = {
+    "lenet": lambda classes: LeNet(classes),
+    "convnet": lambda classes: ConvNet(classes),
+    "convnet_tiny": lambda classes: ConvNet(classes, widths=(4, 8, 16, 16, 32)),
+    "resnet18": lambda classes: ResNet(classes),
+    "resnet_tiny": lambda classes: ResNet(classes, widths=(4, 8, 16, 32), blocks_per_stage=(1, 1, 1, 1)),
+}
+VICTIMS: tuple[str, ...] = tuple(_BUILDERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Victim:
+    """A classifier built for one image shape (H, W, C) and number of classes."""
+
+    name: str
+    module: nn.Module
+    image_shape: tuple[int, int, int]
+    num_classes: int
+
+    def init(self, key: jax.Array) -> dict[str, Any]:
+        """Fresh variables: ``{'params': ...}`` plus ``'batch_stats'`` for BN models."""
+        dummy = jnp.zeros((1, *self.image_shape), jnp.float32)
+        return self.module.init(key, dummy, train=False)
+
+    def apply(self, variables: dict[str, Any], x: jax.Array, *, train: bool = False, rngs=None):
+        """Logits (B, num_classes) for normalized images ``x`` of shape (B, *image_shape).
+
+        ``train=False`` returns the logits only (BN uses running statistics).
+        ``train=True`` returns ``(logits, new_batch_stats)``: BN normalizes with
+        the batch statistics and the running averages are updated; the second
+        item is ``{}`` for models without BN.
+        """
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise ShapeError(
+                f"victim {self.name!r} was built for images of shape (H, W, C) = "
+                f"{self.image_shape}, got a batch of shape {tuple(x.shape)} "
+                f"(per-image {tuple(x.shape[1:])})"
+            )
+        if not train:
+            return self.module.apply(variables, x, train=False, rngs=rngs)
+        if "batch_stats" not in variables:
+            return self.module.apply(variables, x, train=True, rngs=rngs), {}
+        logits, updates = self.module.apply(
+            variables, x, train=True, rngs=rngs, mutable=["batch_stats"]
+        )
+        return logits, updates["batch_stats"]
+
+
+def make_victim(name: str, num_classes: int, image_shape: Sequence[int]) -> Victim:
+    """Build victim ``name`` (one of :data:`VICTIMS`) for ``image_shape`` = (H, W, C)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown victim {name!r}; choose one of {', '.join(VICTIMS)}")
+    image_shape = tuple(int(d) for d in image_shape)
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise ValueError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    return Victim(name, _BUILDERS[name](int(num_classes)), image_shape, int(num_classes))
+
+
+def count_params(variables: dict[str, Any]) -> int:
+    """Number of trainable parameters (entries of ``variables['params']``)."""
+    return sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
