@@ -69,8 +69,8 @@ class Inversion(NamedTuple):
 def step_decay_schedule(learning_rate: float, iterations: int, factor: float = 0.1) -> optax.Schedule:
     """learning_rate, times `factor` from each milestone on (the reference step schedule)."""
     milestones = [int(iterations // d) for d in MILESTONE_DIVISORS]
-    # optax scales for counts strictly above a boundary; PyTorch's MultiStepLR from the milestone on.
-    return optax.piecewise_constant_schedule(learning_rate, {max(m - 1, 0): factor for m in milestones})
+    # optax, like PyTorch's MultiStepLR, scales from the milestone's count on (tested).
+    return optax.piecewise_constant_schedule(learning_rate, {m: factor for m in milestones})
 
 
 def make_optimizer(learning_rate: float, iterations: int, *, signed: bool) -> optax.GradientTransformation:

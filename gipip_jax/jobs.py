@@ -1,0 +1,187 @@
+"""End-to-end jobs behind the CLI: train a victim, train the AE prior, run attacks.
+
+Each job takes an `ml_collections.ConfigDict` (see experiments/configs/) and a work directory,
+prints progress, and writes its outputs there:
+
+- train_victim: WORKDIR/victim/ (orbax checkpoint + metadata.json)
+- train_ae:     WORKDIR/ae/     (orbax checkpoint + metadata.json)
+- attack:       WORKDIR/results.jsonl (one record per attack), WORKDIR/grid.png (ground truth
+                above reconstruction), WORKDIR/reconstructions.npz
+
+The attack job only hands the attacker the client's `SharedUpdate`, the labels (given, as in
+GI-PIP's setting) and the model; ground-truth images are used for metrics only. Records carry a
+fingerprint of the config: rerunning the same command skips targets already in results.jsonl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gipip_jax import attack as attack_lib
+from gipip_jax import checkpoints, data, metrics, results, training
+from gipip_jax.client import check_update_matches, fedsgd_update
+from gipip_jax.objectives import ObjectiveWeights, make_objective
+from gipip_jax.victims import make_victim
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# GI-PIP's AS offsets c by image side (the authors' values): 32 px, 64 px, 224 px.
+REFERENCE_AS_OFFSETS = {32: 0.001, 64: 0.002, 224: 0.005}
+
+
+def resolve_path(path: str) -> str:
+    """A relative path is taken from the current directory, else from the repository root."""
+    if os.path.isabs(path) or os.path.exists(path) or not (REPO_ROOT / path).exists():
+        return path
+    return str(REPO_ROOT / path)
+
+
+def load_dataset(cfg: ml_collections.ConfigDict, split: str) -> data.ImageSet:
+    return data.load(cfg.name, split, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"),
+                     image_size=cfg.get("image_size"))
+
+
+def reference_as_offset(side: int) -> float:
+    """The authors' c for the nearest of their image sizes."""
+    return REFERENCE_AS_OFFSETS[min(REFERENCE_AS_OFFSETS, key=lambda s: abs(s - side))]
+
+
+def train_victim(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains a victim for config.epochs on real data; saves WORKDIR/victim. Returns its metadata."""
+    train_set = load_dataset(config.data, "train")
+    test_set = load_dataset(config.data, config.data.test_split)
+    info = train_set.info
+    victim = make_victim(config.victim.name, info.num_classes, info.image_shape)
+    count = config.get("train_count") or len(train_set.labels)
+    x, y = train_set.take(np.arange(count))
+    x_test, y_test = test_set.take(np.arange(min(config.eval_count, len(test_set.labels))))
+    print(f"training {victim.name} on {count} {info.name} images for {config.epochs} epoch(s)")
+    variables, stats = training.train_victim(
+        victim, x, y, info=info, epochs=config.epochs, batch_size=config.batch_size,
+        learning_rate=config.learning_rate, seed=config.seed, eval_images01=x_test, eval_labels=y_test)
+    metadata = {"dataset": info.name, "train_count": int(count), "seed": config.seed, "epochs": config.epochs,
+                "batch_size": config.batch_size, "learning_rate": config.learning_rate, **stats,
+                "config": config.to_dict()}
+    path = os.path.join(workdir, "victim")
+    checkpoints.save_victim(path, victim, variables, metadata, overwrite=config.get("overwrite", False))
+    print(f"saved {path}: {json.dumps(stats)}")
+    return metadata
+
+
+def train_ae(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains GI-PIP's AE prior on an auxiliary subset; saves WORKDIR/ae. Returns its metadata."""
+    pool = load_dataset(config.data, config.data.split)
+    n = len(pool.labels)
+    aux = data.auxiliary_indices(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
+                                 seed=config.aux.seed)
+    heldout = data.auxiliary_indices(n, exclude=aux, count=config.heldout_count, seed=config.aux.seed + 1)
+    x_aux, _ = pool.take(aux)
+    x_heldout, _ = pool.take(heldout)
+    print(f"training the AE prior on {len(aux)} {pool.info.name} {config.data.split} images "
+          f"({100 * len(aux) / n:.2f} % of {n}), {len(heldout)} held out, recipe {config.recipe}")
+    params, stats = training.train_autoencoder(
+        x_aux, recipe=config.recipe, epochs=config.epochs, batch_size=config.batch_size,
+        learning_rate=config.get("learning_rate"), seed=config.seed, heldout01=x_heldout)
+    metadata = {"dataset": pool.info.name, "split": config.data.split, "image_shape": list(pool.info.image_shape),
+                "aux_count": len(aux), "aux_fraction": len(aux) / n, "aux_seed": config.aux.seed,
+                "heldout_count": len(heldout), "recipe": config.recipe, "epochs": config.epochs,
+                "batch_size": config.batch_size, "seed": config.seed,
+                "as_offset": reference_as_offset(pool.info.image_shape[0]), **stats, "config": config.to_dict()}
+    path = os.path.join(workdir, "ae")
+    checkpoints.save_autoencoder(path, params, metadata, overwrite=config.get("overwrite", False))
+    print(f"saved {path}: {json.dumps(stats)}")
+    return metadata
+
+
+def _victim_and_variables(config: ml_collections.ConfigDict, info: data.DatasetInfo):
+    if config.victim.get("checkpoint"):
+        victim, variables, meta = checkpoints.load_victim(resolve_path(config.victim.checkpoint))
+        if tuple(victim.image_shape) != tuple(info.image_shape) or victim.num_classes != info.num_classes:
+            raise ValueError(f"the victim checkpoint is for images {victim.image_shape} with {victim.num_classes} "
+                             f"classes; {info.name} has {info.image_shape} and {info.num_classes}")
+        return victim, variables, {"checkpoint": config.victim.checkpoint, "epochs": meta.get("epochs")}
+    victim = make_victim(config.victim.name, info.num_classes, info.image_shape)
+    return victim, victim.init(jax.random.key(config.victim.init_seed)), {"epochs": 0, "init_seed": config.victim.init_seed}
+
+
+def _prior(config: ml_collections.ConfigDict):
+    """(reconstruct fn or None, AS offset, metadata) of the configured AE prior."""
+    if config.attack.as_weight <= 0:
+        return None, 0.0, None
+    module, params, meta = checkpoints.load_autoencoder(resolve_path(config.prior.checkpoint))
+    offset = config.prior.get("offset")
+    offset = meta["as_offset"] if offset is None else offset
+    return (lambda x01: module.apply({"params": params}, x01)), float(offset), meta
+
+
+def config_fingerprint(config: ml_collections.ConfigDict) -> str:
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+    """Attacks every configured target batch; appends a record per attack. Returns this run's records."""
+    os.makedirs(workdir, exist_ok=True)
+    target_set = load_dataset(config.data, config.data.split)
+    info = target_set.info
+    victim, variables, victim_meta = _victim_and_variables(config, info)
+    reconstruct, offset, prior_meta = _prior(config)
+    a = config.attack
+    objective = make_objective(
+        victim, variables, info, matching=a.matching, reconstruct=reconstruct,
+        weights=ObjectiveWeights(tv=a.tv_weight, anomaly=a.as_weight, anomaly_offset=offset))
+    optimizer = attack_lib.make_optimizer(a.learning_rate, a.iterations, signed=a.signed)
+    invert = attack_lib.make_inverter(objective, optimizer, info.bounds(), info.denormalize,
+                                      iterations=a.iterations, restarts=a.restarts, chunk_size=a.chunk_size)
+    client_update = jax.jit(lambda x, y: fedsgd_update(victim, variables, x, y))
+
+    results_path = os.path.join(workdir, "results.jsonl")
+    fingerprint = config_fingerprint(config)
+    done = {tuple(r["target_indices"]) for r in results.read_records(results_path) if r.get("fingerprint") == fingerprint}
+    batches = [data.unique_label_batch(target_set.labels, int(s), config.targets.batch_size) for s in config.targets.starts]
+    records, grid_truth, grid_rec = [], [], []
+    for number, indices in enumerate(batches, 1):
+        x01, labels = target_set.take(indices)
+        if tuple(indices.tolist()) in done:
+            print(f"[{number}/{len(batches)}] targets {indices.tolist()} already in {results_path}, skipped")
+            continue
+        print(f"[{number}/{len(batches)}] {config.name}: targets {indices.tolist()} labels {labels.tolist()}")
+        update = client_update(jnp.asarray(info.normalize(x01)), jnp.asarray(labels))
+        check_update_matches(update.grads, variables["params"])  # the attacker's input must fit the model
+        key = jax.random.fold_in(jax.random.key(config.seed), int(indices[0]))
+        start = time.perf_counter()
+        record = {"attack": config.name, "dataset": info.name, "split": config.data.split, "model": victim.name,
+                  "victim": victim_meta, "target_indices": indices.tolist(), "labels": labels.tolist(),
+                  "batch_size": len(indices), "iterations": a.iterations, "restarts": a.restarts,
+                  "as_offset": offset if reconstruct else None,
+                  "prior": {k: prior_meta[k] for k in ("dataset", "aux_count", "aux_fraction", "epochs")} if prior_meta else None,
+                  "fingerprint": fingerprint, "config": config.to_dict()}
+        try:
+            inversion = invert(update.grads, jnp.asarray(labels), key, x01.shape)
+        except attack_lib.AttackDivergedError as error:
+            record.update(status="failed", error=str(error), seconds=time.perf_counter() - start)
+            results.append_record(results_path, record)
+            print(f"  failed: {error}")
+            continue
+        scores = metrics.evaluate(inversion.images01, x01, lpips_net=config.metrics.lpips_net)
+        record.update(status="ok", seconds=time.perf_counter() - start, loss=inversion.loss, terms=inversion.terms,
+                      restart_losses=inversion.restart_losses, per_image=scores,
+                      **{m: float(np.mean(scores[m])) for m in ("psnr", "ssim", "ssim_best_match", "mse", "lpips") if m in scores})
+        results.append_record(results_path, record)
+        records.append(record)
+        grid_truth.append(x01)
+        grid_rec.append(inversion.images01[scores["order"]])
+        print(f"  psnr {record['psnr']:.2f} dB  ssim {record['ssim']:.3f}  "
+              f"{'lpips %.3f  ' % record['lpips'] if 'lpips' in record else ''}{record['seconds']:.1f} s")
+    if grid_truth:
+        truth, rec = np.concatenate(grid_truth), np.concatenate(grid_rec)
+        results.save_grid(os.path.join(workdir, "grid.png"), [truth, rec])
+        np.savez_compressed(os.path.join(workdir, "reconstructions.npz"), ground_truth=truth, reconstruction=rec)
+    return records

@@ -1,0 +1,91 @@
+"""Objective terms against NumPy transcriptions of their formulas."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gipip_jax import objectives
+from gipip_jax.client import make_loss_fn
+from gipip_jax.data import DatasetInfo
+from gipip_jax.victims import make_victim
+
+RNG = np.random.default_rng(0)
+INFO = DatasetInfo("toy", (8, 8, 3), 4, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), tuple("abcd"))
+
+
+def random_tree():
+    return {"a": RNG.normal(size=(3, 4)).astype(np.float32), "b": {"c": RNG.normal(size=(5,)).astype(np.float32)}}
+
+
+def test_cosine_distance_is_one_global_cosine():
+    g, t = random_tree(), random_tree()
+    flat_g = np.concatenate([g["a"].ravel(), g["b"]["c"]])
+    flat_t = np.concatenate([t["a"].ravel(), t["b"]["c"]])
+    expected = 1 - flat_g @ flat_t / (np.linalg.norm(flat_g) * np.linalg.norm(flat_t))
+    np.testing.assert_allclose(objectives.gradient_cosine_distance(g, t), expected, rtol=1e-5)
+    np.testing.assert_allclose(objectives.gradient_cosine_distance(g, g), 0.0, atol=1e-6)
+    np.testing.assert_allclose(objectives.gradient_cosine_distance(g, jax.tree.map(lambda v: -3 * v, g)), 2.0, atol=1e-6)
+
+
+def test_l2_distance():
+    g, t = random_tree(), random_tree()
+    expected = ((g["a"] - t["a"]) ** 2).sum() + ((g["b"]["c"] - t["b"]["c"]) ** 2).sum()
+    np.testing.assert_allclose(objectives.gradient_l2_distance(g, t), expected, rtol=1e-5)
+
+
+def test_total_variation_matches_formula():
+    x = RNG.normal(size=(2, 5, 6, 3)).astype(np.float32)
+    expected = np.abs(np.diff(x, axis=2)).mean() + np.abs(np.diff(x, axis=1)).mean()
+    np.testing.assert_allclose(objectives.total_variation(x), expected, rtol=1e-5)
+    assert float(objectives.total_variation(np.ones((1, 4, 4, 3), np.float32))) == 0.0
+
+
+def test_anomaly_score_matches_formula():
+    x01 = RNG.uniform(size=(2, 4, 4, 3)).astype(np.float32)
+    reconstruct = lambda v: 0.9 * v + 0.05  # noqa: E731  (any map [0,1] -> [0,1])
+    for c in (0.0, 1e-3, 0.5):
+        expected = abs(((x01 - (0.9 * x01 + 0.05)) ** 2).mean() - c)
+        np.testing.assert_allclose(objectives.anomaly_score(x01, reconstruct, c), expected, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def victim_setup():
+    victim = make_victim("convnet_tiny", INFO.num_classes, INFO.image_shape)
+    variables = victim.init(jax.random.key(0))
+    x = jnp.asarray(RNG.normal(size=(2, *INFO.image_shape)), jnp.float32)
+    labels = jnp.array([1, 3])
+    target = jax.grad(make_loss_fn(victim, variables))(variables["params"], x, labels)
+    return victim, variables, x, labels, target
+
+
+def test_objective_sums_weighted_terms(victim_setup):
+    victim, variables, x, labels, target = victim_setup
+    reconstruct = lambda v: jnp.full_like(v, 0.5)  # noqa: E731
+    weights = objectives.ObjectiveWeights(tv=0.3, anomaly=2.0, anomaly_offset=0.01)
+    objective = objectives.make_objective(victim, variables, INFO, weights=weights, reconstruct=reconstruct)
+    candidate = x + 0.1
+    loss, terms = objective(candidate, target, labels)
+    x01 = np.clip(np.asarray(candidate) * np.array(INFO.std) + np.array(INFO.mean), 0, 1)
+    np.testing.assert_allclose(terms["anomaly"], abs(((x01 - 0.5) ** 2).mean() - 0.01), rtol=1e-5)
+    np.testing.assert_allclose(terms["tv"], objectives.total_variation(candidate), rtol=1e-6)
+    np.testing.assert_allclose(loss, terms["matching"] + 0.3 * terms["tv"] + 2.0 * terms["anomaly"], rtol=1e-6)
+    # At the true images the matching term vanishes.
+    _, at_truth = objective(x, target, labels)
+    np.testing.assert_allclose(at_truth["matching"], 0.0, atol=1e-5)
+
+
+def test_zero_weight_switches_term_off(victim_setup):
+    victim, variables, x, labels, target = victim_setup
+    objective = objectives.make_objective(victim, variables, INFO)  # IG without TV: matching only
+    loss, terms = objective(x + 0.1, target, labels)
+    assert set(terms) == {"matching"}
+    np.testing.assert_allclose(loss, terms["matching"])
+
+
+def test_objective_errors(victim_setup):
+    victim, variables, *_ = victim_setup
+    with pytest.raises(ValueError, match="matching"):
+        objectives.make_objective(victim, variables, INFO, matching="cos")
+    with pytest.raises(ValueError, match="autoencoder"):
+        objectives.make_objective(victim, variables, INFO, weights=objectives.ObjectiveWeights(anomaly=1.0))
