@@ -3,6 +3,7 @@
     gipip-jax attack       --config experiments/configs/gipip_cifar10.py:smoke --workdir W
     gipip-jax train-ae     --config experiments/configs/ae_cifar10.py --workdir W
     gipip-jax train-victim --config experiments/configs/victim_cifar10.py:smoke --workdir W
+    gipip-jax summarize    W/results.jsonl [...]
 
 A config file defines `get_config(arg=None) -> ml_collections.ConfigDict`; `PATH:ARG` passes
 ARG. `--set key.sub=value` overrides a field (value parsed as a Python literal, else a string).
@@ -76,11 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="config file, PATH.py[:ARG]")
         p.add_argument("--workdir", required=True, help="directory for checkpoints and results")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    summarize = sub.add_parser("summarize", help="markdown table of results.jsonl files")
+    summarize.add_argument("paths", nargs="+", help="results.jsonl files")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "summarize":
+        from gipip_jax import summarize
+
+        return summarize.main(args.paths)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from gipip_jax import checkpoints, client, data, jobs, victims
     from gipip_jax.attack import AttackDivergedError
