@@ -1,5 +1,6 @@
 """Client update: gradient shapes, FedSGD vs per-example gradients, tree checks."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,9 +25,7 @@ def test_update_has_the_params_tree(setup):
     victim, variables, x, labels = setup
     update = client.fedsgd_update(victim, variables, x, labels)
     assert update.batch_size == 3
-    assert jax.tree.structure(update.grads) == jax.tree.structure(variables["params"])
-    for g, p in zip(jax.tree.leaves(update.grads), jax.tree.leaves(variables["params"])):
-        assert g.shape == p.shape
+    chex.assert_trees_all_equal_shapes_and_dtypes(update.grads, variables["params"])
     client.check_update_matches(update.grads, variables["params"])
 
 
@@ -39,16 +38,14 @@ def test_fedsgd_is_the_mean_of_per_example_gradients(setup):
         np.testing.assert_allclose(pe.mean(0), g, rtol=1e-4, atol=1e-6)
     # ... and each per-example gradient is the gradient of that example alone.
     alone = client.victim_gradient(victim, variables, x[1:2], labels[1:2])
-    for pe, g in zip(jax.tree.leaves(per_example), jax.tree.leaves(alone)):
-        np.testing.assert_allclose(pe[1], g, rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(jax.tree.map(lambda pe: pe[1], per_example), alone, rtol=1e-4, atol=1e-6)
 
 
 def test_soft_labels_equal_one_hot(setup):
     victim, variables, x, labels = setup
     hard = client.victim_gradient(victim, variables, x, labels)
     soft = client.victim_gradient(victim, variables, x, jax.nn.one_hot(labels, 5))
-    for a, b in zip(jax.tree.leaves(hard), jax.tree.leaves(soft)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(hard, soft, rtol=1e-5, atol=1e-7)
 
 
 def test_mismatched_gradient_trees_are_rejected(setup):
