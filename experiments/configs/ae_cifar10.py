@@ -9,10 +9,10 @@ Targets come from the test split, so the auxiliary set never contains a target.
 
 Commands, from the repository root:
   gipip-jax train-ae --config experiments/configs/ae_cifar10.py --workdir runs/ae_cifar10
-      RUNTIME_FULL; writes runs/ae_cifar10/ae (the checkpoint shipped in
+      5 min on the 2-core CPU (measured, 150 epochs, ~2 s each); writes runs/ae_cifar10/ae (the checkpoint shipped in
       experiments/checkpoints/ae_cifar10_aux5 was made by this command)
   gipip-jax train-ae --config experiments/configs/ae_cifar10.py:smoke --workdir runs/ae_smoke
-      256 images, 1 epoch: RUNTIME_SMOKE
+      256 images, 1 epoch: 17 s on the 2-core CPU (measured)
 """
 
 import ml_collections
