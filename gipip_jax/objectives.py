@@ -53,11 +53,15 @@ def anomaly_score(x01: jax.Array, reconstruct: Callable[[jax.Array], jax.Array],
 
 
 class ObjectiveWeights(NamedTuple):
-    """Static weights of the optional terms (0 switches a term off)."""
+    """Weights of the optional terms (0 switches a term off) and the AS offset c.
 
-    tv: float = 0.0
-    anomaly: float = 0.0
-    anomaly_offset: float = 0.0
+    Python floats when building an objective; per-call values may be traced scalars, so a
+    batched study gives every attack its own weights without recompiling.
+    """
+
+    tv: Any = 0.0
+    anomaly: Any = 0.0
+    anomaly_offset: Any = 0.0
 
 
 def make_objective(
@@ -68,34 +72,39 @@ def make_objective(
     matching: str = "cosine",
     weights: ObjectiveWeights = ObjectiveWeights(),
     reconstruct: Callable[[jax.Array], jax.Array] | None = None,
-) -> Callable[[jax.Array, PyTree, jax.Array], tuple[jax.Array, dict]]:
-    """Returns objective(x, target_grads, labels) -> (loss, {term name: value}).
+    update_fn: Callable[[PyTree, jax.Array, jax.Array], PyTree] | None = None,
+) -> Callable[..., tuple[jax.Array, dict]]:
+    """Returns objective(x, target_grads, labels, weights=None) -> (loss, {term name: value}).
 
-    x: (B, H, W, C) normalized candidate images; target_grads: the shared gradient tree;
-    labels: int (B,) or soft (B, K). `reconstruct` (the AE prior's forward pass on [0,1]
-    images) is required when weights.anomaly > 0.
+    x: (B, H, W, C) normalized candidate images; target_grads: the shared update tree;
+    labels: int (B,) or soft (B, K). `weights` given here are the defaults and decide which terms
+    exist (a term is built only when its weight here is > 0); a per-call `weights` replaces their
+    values (e.g. traced per-attack values; a term off here stays off). `reconstruct` (the AE
+    prior's forward pass on [0,1] images) is required when weights.anomaly > 0. `update_fn(params,
+    x, labels)` is what the attacker simulates the client sharing; default: the FedSGD gradient of
+    the mean CE loss.
     """
     if matching not in MATCHING:
         raise ValueError(f"unknown gradient matching {matching!r}; choose one of {MATCHING}")
     if weights.anomaly > 0 and reconstruct is None:
         raise ValueError("the anomaly-score term has a weight > 0 but no autoencoder was given")
     distance = gradient_cosine_distance if matching == "cosine" else gradient_l2_distance
-    loss_fn = make_loss_fn(victim, variables)
+    update_fn = update_fn or jax.grad(make_loss_fn(victim, variables))
     params = variables["params"]
+    use_tv, use_anomaly = weights.tv > 0, weights.anomaly > 0
+    defaults = weights
 
-    def objective(x, target_grads, labels):
-        grads = jax.grad(loss_fn)(params, x, labels)
-        terms = {"matching": distance(grads, target_grads)}
-        if weights.tv > 0:
-            terms["tv"] = total_variation(x)
-        if weights.anomaly > 0:
-            x01 = jnp.clip(info.denormalize(x), 0.0, 1.0)
-            terms["anomaly"] = anomaly_score(x01, reconstruct, weights.anomaly_offset)
+    def objective(x, target_grads, labels, weights=None):
+        w = defaults if weights is None else weights
+        terms = {"matching": distance(update_fn(params, x, labels), target_grads)}
         loss = terms["matching"]
-        if weights.tv > 0:
-            loss = loss + weights.tv * terms["tv"]
-        if weights.anomaly > 0:
-            loss = loss + weights.anomaly * terms["anomaly"]
+        if use_tv:
+            terms["tv"] = total_variation(x)
+            loss = loss + w.tv * terms["tv"]
+        if use_anomaly:
+            x01 = jnp.clip(info.denormalize(x), 0.0, 1.0)
+            terms["anomaly"] = anomaly_score(x01, reconstruct, w.anomaly_offset)
+            loss = loss + w.anomaly * terms["anomaly"]
         return loss, terms
 
     return objective

@@ -75,6 +75,25 @@ def test_objective_sums_weighted_terms(victim_setup):
     np.testing.assert_allclose(at_truth["matching"], 0.0, atol=1e-5)
 
 
+def test_per_call_weights_are_traceable(victim_setup):
+    victim, variables, x, labels, target = victim_setup
+    reconstruct = lambda v: jnp.full_like(v, 0.5)  # noqa: E731
+    build = objectives.ObjectiveWeights(tv=1.0, anomaly=1.0, anomaly_offset=0.0)
+    objective = objectives.make_objective(victim, variables, INFO, weights=build, reconstruct=reconstruct)
+    per_call = objectives.ObjectiveWeights(tv=0.3, anomaly=2.0, anomaly_offset=0.01)
+    fixed = objectives.make_objective(victim, variables, INFO, weights=per_call, reconstruct=reconstruct)
+    traced = jax.jit(objective)(x + 0.1, target, labels, objectives.ObjectiveWeights(*map(jnp.float32, per_call)))
+    np.testing.assert_allclose(traced[0], fixed(x + 0.1, target, labels)[0], rtol=1e-5)
+
+
+def test_update_fn_replaces_the_simulated_client_update(victim_setup):
+    victim, variables, x, labels, target = victim_setup
+    doubled = lambda p, xx, yy: jax.tree.map(lambda g: 2 * g, jax.grad(make_loss_fn(victim, variables))(p, xx, yy))  # noqa: E731
+    objective = objectives.make_objective(victim, variables, INFO, matching="l2", update_fn=doubled)
+    expected = sum(float(jnp.sum(t ** 2)) for t in jax.tree.leaves(target))  # |2t - t|^2 at the truth
+    np.testing.assert_allclose(objective(x, target, labels)[0], expected, rtol=1e-4)
+
+
 def test_zero_weight_switches_term_off(victim_setup):
     victim, variables, x, labels, target = victim_setup
     objective = objectives.make_objective(victim, variables, INFO)  # IG without TV: matching only
