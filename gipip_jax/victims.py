@@ -22,6 +22,10 @@ Models (inputs are NORMALIZED images of shape (B, H, W, C), outputs logits):
 BatchNorm everywhere is ``nn.BatchNorm(use_running_average=not train,
 momentum=0.9, epsilon=1e-5)``; eval mode (``train=False``) uses the running
 statistics and is pure.
+
+Every model takes a ``conv`` field (default ``lax.conv_general_dilated``): the batched attack
+engine builds the same victim with :func:`gipip_jax.convs.patch_grad_conv`, which changes how
+weight gradients are computed, not the parameters or the function.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from gipip_jax.convs import conv_impl
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -61,12 +68,14 @@ class LeNet(nn.Module):
     """DLG's LeNet: three sigmoid 5x5 convs (12 channels) and one dense layer."""
 
     num_classes: int
+    conv: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         init = _uniform_init(-0.5, 0.5)
         for stride in (2, 2, 1):
-            x = nn.Conv(12, (5, 5), strides=stride, padding=2, kernel_init=init, bias_init=init)(x)
+            x = nn.Conv(12, (5, 5), strides=stride, padding=2, kernel_init=init, bias_init=init,
+                        conv_general_dilated=self.conv)(x)
             x = nn.sigmoid(x)
         x = x.reshape((x.shape[0], -1))
         return nn.Dense(self.num_classes, kernel_init=init, bias_init=init)(x)
@@ -77,11 +86,12 @@ class ConvNet(nn.Module):
 
     num_classes: int
     widths: Sequence[int] = (32, 64, 128, 128, 256)
+    conv: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         for index, width in enumerate(self.widths):
-            x = nn.Conv(width, (3, 3), padding=1, use_bias=False)(x)
+            x = nn.Conv(width, (3, 3), padding=1, use_bias=False, conv_general_dilated=self.conv)(x)
             x = nn.relu(_batch_norm(train)(x))
             if index in (1, 3, 4):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
@@ -94,15 +104,17 @@ class BasicBlock(nn.Module):
 
     width: int
     stride: int
+    conv: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        y = nn.Conv(self.width, (3, 3), strides=self.stride, padding=1, use_bias=False)(x)
+        conv = {"use_bias": False, "conv_general_dilated": self.conv}
+        y = nn.Conv(self.width, (3, 3), strides=self.stride, padding=1, **conv)(x)
         y = nn.relu(_batch_norm(train)(y))
-        y = nn.Conv(self.width, (3, 3), padding=1, use_bias=False)(y)
+        y = nn.Conv(self.width, (3, 3), padding=1, **conv)(y)
         y = _batch_norm(train)(y)
         if self.stride != 1 or x.shape[-1] != self.width:
-            x = nn.Conv(self.width, (1, 1), strides=self.stride, use_bias=False, name="shortcut_conv")(x)
+            x = nn.Conv(self.width, (1, 1), strides=self.stride, name="shortcut_conv", **conv)(x)
             x = _batch_norm(train, name="shortcut_bn")(x)
         return nn.relu(x + y)
 
@@ -113,15 +125,16 @@ class ResNet(nn.Module):
     num_classes: int
     widths: Sequence[int] = (64, 128, 256, 512)
     blocks_per_stage: Sequence[int] = (2, 2, 2, 2)
+    conv: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False)(x)
+        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, conv_general_dilated=self.conv)(x)
         x = nn.relu(_batch_norm(train)(x))
         for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks_per_stage)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, stride)(x, train)
+                x = BasicBlock(width, stride, self.conv)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes)(x)
 
@@ -174,8 +187,12 @@ class Victim:
         return logits, updates["batch_stats"]
 
 
-def make_victim(name: str, num_classes: int, image_shape: Sequence[int]) -> Victim:
-    """Build victim ``name`` (one of :data:`VICTIMS`) for ``image_shape`` = (H, W, C)."""
+def make_victim(name: str, num_classes: int, image_shape: Sequence[int], *, conv: str = "native") -> Victim:
+    """Build victim ``name`` (one of :data:`VICTIMS`) for ``image_shape`` = (H, W, C).
+
+    ``conv`` names the convolution implementation (:data:`gipip_jax.convs.CONV_IMPLS`); the
+    variables and the function are the same for every choice.
+    """
     if name not in _BUILDERS:
         raise ValueError(f"unknown victim {name!r}; choose one of {', '.join(VICTIMS)}")
     image_shape = tuple(int(d) for d in image_shape)
@@ -183,7 +200,8 @@ def make_victim(name: str, num_classes: int, image_shape: Sequence[int]) -> Vict
         raise ValueError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    return Victim(name, _BUILDERS[name](int(num_classes)), image_shape, int(num_classes))
+    module = _BUILDERS[name](int(num_classes)).clone(conv=conv_impl(conv))
+    return Victim(name, module, image_shape, int(num_classes))
 
 
 def count_params(variables: dict[str, Any]) -> int:

@@ -1,0 +1,84 @@
+"""Convolution implementations a victim can be built with, for batched attacks.
+
+A gradient-inversion attack needs the victim's parameter gradient for its own candidate images.
+Under `vmap` over N independent attacks, JAX turns each conv's weight gradient into a grouped
+convolution over the attack axis, which XLA's CPU backend runs very slowly (measured: ~20x slower
+than the attacks one after another; BENCHMARKS.md). `patch_grad_conv` computes the same forward
+pass and input gradient with the native convolution, and only the weight gradient as a matmul of
+image patches with the output cotangent, which vmap turns into a batched matmul:
+
+    dW[i, j, c, o] = sum_{b, h, w} patches(x)[b, h, w, (c, i, j)] * dy[b, h, w, o]
+
+Its backward pass is made of differentiable JAX ops, so the attack can differentiate the weight
+gradient again with respect to the images (the double backward). Only NHWC/HWIO convolutions
+without dilation or feature groups take this path; other settings use `lax.conv_general_dilated`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, tuple) and all(isinstance(d, str) for d in dimension_numbers):
+        return tuple(dimension_numbers) == NHWC
+    return tuple(map(tuple, dimension_numbers)) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+def _patch_grad(window_strides: tuple, padding) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """conv(x (B,H,W,C), kernel (kh,kw,C,O)) -> (B,H',W',O) whose kernel gradient is a patch matmul."""
+
+    def conv(x, kernel):
+        return lax.conv_general_dilated(x, kernel, window_strides, padding, dimension_numbers=NHWC)
+
+    @jax.custom_vjp
+    def f(x, kernel):
+        return conv(x, kernel)
+
+    def fwd(x, kernel):
+        return conv(x, kernel), (x, kernel)
+
+    def bwd(residuals, dy):
+        x, kernel = residuals
+        kh, kw, c, o = kernel.shape
+        dx = jax.vjp(lambda v: conv(v, kernel), x)[1](dy)[0]
+        # Patch features are ordered (c, i, j), channel-major.
+        patches = lax.conv_general_dilated_patches(x, (kh, kw), window_strides, padding, dimension_numbers=NHWC)
+        dkernel = jnp.einsum("bhwk,bhwo->ko", patches, dy).reshape(c, kh, kw, o).transpose(1, 2, 0, 3)
+        return dx, dkernel
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+def patch_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                    dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                    preferred_element_type=None):
+    """Drop-in for `lax.conv_general_dilated` (same signature) with a patch-matmul kernel gradient."""
+    plain = (_is_nhwc(dimension_numbers) and feature_group_count == 1 and batch_group_count == 1
+             and all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation or (1,)))
+             and not isinstance(padding, str) and precision is None and preferred_element_type is None)
+    if not plain:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count, precision,
+                                        preferred_element_type)
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _patch_grad(tuple(int(s) for s in window_strides), padding)(lhs, rhs)
+
+
+CONV_IMPLS: dict[str, Callable] = {"native": lax.conv_general_dilated, "patch_grad": patch_grad_conv}
+
+
+def conv_impl(name: str) -> Callable:
+    """The convolution function called `name` (one of CONV_IMPLS)."""
+    if name not in CONV_IMPLS:
+        raise ValueError(f"unknown convolution implementation {name!r}; choose one of {', '.join(CONV_IMPLS)}")
+    return CONV_IMPLS[name]
