@@ -1,0 +1,247 @@
+"""Federated threat models: what a client shares, and what the attacker simulates to match it.
+
+Kinds (`KINDS`):
+- "fedsgd": the client shares the gradient of its batch's mean CE loss (one step).
+- "fedavg": the client runs `local_steps` SGD steps (learning rate `local_lr`) on its batch, cycling
+  through consecutive mini-batches of `local_batch_size` examples (0: the whole batch each step;
+  step i uses mini-batch i mod (B / local_batch_size), as Inverting Gradients' FedAvg attack), and
+  shares the weight difference params_K - params_0.
+- secure aggregation: `clients` clients each share an update and the attacker sees only their
+  sum (`secure_aggregate`); `aggregated_update` splits one batch into `clients` equal consecutive
+  parts, one per client.
+
+The victim runs in eval mode (BatchNorm uses running statistics) throughout, as in client.py.
+Client-step defenses (see defenses.py): DP-SGD (`dp_clip_norm` C > 0: every step's gradient is the
+mean of per-example gradients clipped to norm C plus N(0, (dp_noise_multiplier * C)^2) / B noise),
+dropout of rate `dropout_rate` on the input of the victim's last dense layer (a fresh mask per step;
+the victims have no dropout layers of their own), and Soteria (`soteria_pruning`: that fraction of
+the last dense layer's input features is pruned from the shared update). `defense` then transforms
+the update the client shares.
+
+`attacker_update_fn` is the attacker's simulation of the same client computation (same kind, local
+steps, learning rate, mini-batches and number of clients), without the client's random defenses,
+whose noise and masks it cannot know; it is differentiable w.r.t. the candidate images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from gipip_jax import defenses
+from gipip_jax.client import SharedUpdate, check_update_matches, cross_entropy, make_loss_fn
+from gipip_jax.victims import Victim
+
+PyTree = Any
+KINDS = ("fedsgd", "fedavg")
+# Flat, sweepable threat-model fields of a config and their defaults (IG's FedAvg lr is 1e-4).
+THREAT_DEFAULTS: dict[str, Any] = {"kind": "fedsgd", "local_steps": 1, "local_lr": 1e-4,
+                                   "local_batch_size": 0, "clients": 1}
+StepGradient = Callable[[PyTree, jax.Array, jax.Array, jax.Array], PyTree]
+
+
+def _check_clients(clients: int) -> None:
+    if isinstance(clients, bool) or int(clients) != clients or clients < 1:
+        raise ValueError(f"clients must be an integer >= 1, got {clients!r}")
+
+
+def _check_threat(kind: str, local_steps: int, local_lr: float, local_batch_size: int, batch: int | None) -> None:
+    """Raises ValueError for bad settings; `batch` (the client's, None: unknown yet) must split evenly."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown threat model kind {kind!r}; choose one of {KINDS}")
+    if isinstance(local_steps, bool) or int(local_steps) != local_steps or local_steps < 1:
+        raise ValueError(f"local_steps must be an integer >= 1, got {local_steps!r}")
+    if int(local_batch_size) != local_batch_size or local_batch_size < 0:
+        raise ValueError(f"local_batch_size must be an integer >= 0 (0: the whole batch), got {local_batch_size!r}")
+    if kind == "fedsgd" and (local_steps != 1 or local_batch_size != 0):
+        raise ValueError("fedsgd shares one gradient of the whole batch: local_steps must be 1 and "
+                         f"local_batch_size 0, got {local_steps} and {local_batch_size}; use kind='fedavg'")
+    if kind == "fedavg" and not local_lr > 0:
+        raise ValueError(f"fedavg needs local_lr > 0, got {local_lr!r}")
+    if local_batch_size and batch is not None and batch % local_batch_size:
+        raise ValueError(f"local_batch_size {local_batch_size} does not divide the client's batch of {batch}")
+
+
+def check_threat_config(config: Mapping) -> dict:
+    """`config` (any subset of `THREAT_DEFAULTS`' fields) completed with the defaults and checked."""
+    unknown = set(config) - set(THREAT_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown threat-model fields {sorted(unknown)}; known: {sorted(THREAT_DEFAULTS)}")
+    full = {**THREAT_DEFAULTS, **config}
+    _check_threat(full["kind"], full["local_steps"], full["local_lr"], full["local_batch_size"], None)
+    _check_clients(full["clients"])
+    return full
+
+
+def _with_dropout(victim: Victim, variables: dict, rate: float) -> Callable[[PyTree, jax.Array, jax.Array], jax.Array]:
+    """logits(params, x, key): eval-mode forward with inverted dropout of `rate` on the input of
+    the victim's last dense layer."""
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    dummy = jnp.zeros((1, *victim.image_shape), jnp.float32)
+    path = defenses.classifier_input(lambda: victim.apply(variables, dummy)).path
+
+    def logits(params, x, key):
+        def drop(next_fun, args, kwargs, context):
+            if isinstance(context.module, nn.Dense) and tuple(context.module.path) == path \
+                    and context.method_name == "__call__":
+                keep = jax.random.bernoulli(key, 1.0 - rate, args[0].shape)
+                args = (jnp.where(keep, args[0] / (1.0 - rate), 0.0), *args[1:])
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(drop):
+            return victim.apply({"params": params, **rest}, x)
+
+    return logits
+
+
+def make_step_gradient(victim: Victim, variables: dict, *, dp_clip_norm: float = 0.0,
+                       dp_noise_multiplier: float = 0.0, dropout_rate: float = 0.0) -> StepGradient:
+    """gradient(params, x, labels, key) -> params-shaped tree: the gradient one client step uses.
+
+    Plain: the gradient of the batch's mean CE loss. dropout_rate > 0: the loss with dropout on the
+    classifier input. dp_clip_norm > 0: DP-SGD's clipped, noised mean of per-example gradients.
+    x: (B, H, W, C) normalized; labels int (B,) or soft (B, K).
+    """
+    if not 0 <= dropout_rate < 1:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+    if dp_clip_norm < 0 or dp_noise_multiplier < 0 or (dp_noise_multiplier > 0 and dp_clip_norm == 0):
+        raise ValueError("DP-SGD needs dp_clip_norm > 0 and dp_noise_multiplier >= 0, got "
+                         f"{dp_clip_norm} and {dp_noise_multiplier}")
+    if dropout_rate > 0:
+        logits = _with_dropout(victim, variables, dropout_rate)
+
+        def loss(params, x, labels, key):
+            return cross_entropy(logits(params, x, key), labels)
+    else:
+        plain = make_loss_fn(victim, variables)
+
+        def loss(params, x, labels, key):
+            del key
+            return plain(params, x, labels)
+
+    if dp_clip_norm == 0:
+        return jax.grad(loss)
+
+    def dp_gradient(params, x, labels, key):
+        dropout_keys = jax.random.split(jax.random.fold_in(key, 0), x.shape[0])
+        one = lambda xi, yi, ki: jax.grad(loss)(params, xi[None], yi[None], ki)
+        per_example = jax.vmap(one)(x, labels, dropout_keys)
+        return defenses.dp_sgd_gradient(per_example, jax.random.fold_in(key, 1), dp_clip_norm, dp_noise_multiplier)
+
+    return dp_gradient
+
+
+def local_training_update(step_gradient: StepGradient, params: PyTree, x: jax.Array, labels: jax.Array,
+                          key: jax.Array, *, local_steps: int, local_lr: float, local_batch_size: int = 0) -> PyTree:
+    """params_K - params_0 after K = local_steps SGD steps p <- p - local_lr * step_gradient(p, batch_i,
+    labels_i, fold_in(key, i)), batch_i the (i mod B/local_batch_size)-th consecutive mini-batch."""
+    size = local_batch_size or x.shape[0]
+    count = x.shape[0] // size
+    xs = x.reshape(count, size, *x.shape[1:])
+    ys = labels.reshape(count, size, *labels.shape[1:])
+
+    def step(p, i):
+        b = i % count
+        g = step_gradient(p, xs[b], ys[b], jax.random.fold_in(key, i))
+        return jax.tree.map(lambda w, d: w - local_lr * d, p, g), None
+
+    final, _ = jax.lax.scan(step, params, jnp.arange(local_steps))
+    return jax.tree.map(jnp.subtract, final, params)
+
+
+def client_update(victim: Victim, variables: dict, x: jax.Array, labels: jax.Array, *, kind: str = "fedsgd",
+                  key: jax.Array, defense: optax.GradientTransformation | Sequence[Mapping] | None = None,
+                  local_steps: int = 1, local_lr: float = THREAT_DEFAULTS["local_lr"], local_batch_size: int = 0,
+                  dp_clip_norm: float = 0.0, dp_noise_multiplier: float = 0.0, dropout_rate: float = 0.0,
+                  soteria_pruning: float = 0.0) -> SharedUpdate:
+    """What one client shares for its batch x (B, H, W, C) normalized, labels int (B,).
+
+    `defense` transforms the (FedSGD gradient or FedAvg weight-difference) tree last: an optax
+    transformation (its key lives in it) or a list of `defenses.make_defense` entries (built with a
+    key derived from `key`). `key` drives DP-SGD noise and dropout masks. Soteria's mask is computed
+    on x at the initial params and applied before `defense`.
+    """
+    _check_threat(kind, local_steps, local_lr, local_batch_size, x.shape[0])
+    if not 0 <= soteria_pruning < 1:
+        raise ValueError(f"soteria_pruning must be in [0, 1), got {soteria_pruning}")
+    step_gradient = make_step_gradient(victim, variables, dp_clip_norm=dp_clip_norm,
+                                       dp_noise_multiplier=dp_noise_multiplier, dropout_rate=dropout_rate)
+    params = variables["params"]
+    step_key, defense_key = jax.random.split(key)
+    if kind == "fedsgd":
+        tree = step_gradient(params, x, labels, jax.random.fold_in(step_key, 0))
+    else:
+        tree = local_training_update(step_gradient, params, x, labels, step_key, local_steps=local_steps,
+                                     local_lr=local_lr, local_batch_size=local_batch_size)
+    if soteria_pruning > 0:
+        tree = defenses.apply_soteria(tree, *defenses.soteria_mask(victim, variables, x, soteria_pruning))
+    if defense is not None:
+        if not isinstance(defense, optax.GradientTransformation):
+            defense = defenses.make_defense(defense, defense_key)
+        tree, _ = defense.update(tree, defense.init(params), params)
+    return SharedUpdate(grads=tree, batch_size=int(x.shape[0]))
+
+
+def secure_aggregate(updates: Sequence[SharedUpdate]) -> SharedUpdate:
+    """The sum of several clients' updates (what secure aggregation reveals); its batch_size is the
+    total. Updates must have the same tree structure and shapes."""
+    if not updates:
+        raise ValueError("secure aggregation needs at least one client update")
+    first = updates[0].grads
+    for update in updates[1:]:
+        check_update_matches(update.grads, first)
+    total = jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *[u.grads for u in updates])
+    return SharedUpdate(grads=total, batch_size=sum(u.batch_size for u in updates))
+
+
+def split_clients(x: jax.Array, labels: jax.Array, clients: int) -> list[tuple[jax.Array, jax.Array]]:
+    """x (B, ...), labels (B, ...) cut into `clients` equal consecutive parts (B / clients each)."""
+    _check_clients(clients)
+    if x.shape[0] % clients:
+        raise ValueError(f"a batch of {x.shape[0]} cannot be split evenly among {clients} clients")
+    size = x.shape[0] // clients
+    return [(x[c * size:(c + 1) * size], labels[c * size:(c + 1) * size]) for c in range(clients)]
+
+
+def aggregated_update(victim: Victim, variables: dict, x: jax.Array, labels: jax.Array, *, clients: int = 1,
+                      key: jax.Array, defense: Sequence[Mapping] | None = None, **settings) -> SharedUpdate:
+    """`secure_aggregate` of `clients` clients' `client_update`s, client c holding the c-th of the
+    equal consecutive parts of x and using key fold_in(key, c) (its own noise, masks and defense
+    noise; so `defense` is a list of make_defense entries here). clients=1 is client_update itself."""
+    if isinstance(defense, optax.GradientTransformation):
+        raise ValueError("with several clients give `defense` as a list of make_defense entries, "
+                         "so that every client draws its own noise")
+    parts = split_clients(x, labels, clients)
+    return secure_aggregate([
+        client_update(victim, variables, xc, yc, key=jax.random.fold_in(key, c), defense=defense, **settings)
+        for c, (xc, yc) in enumerate(parts)])
+
+
+def attacker_update_fn(victim: Victim, variables: dict, *, kind: str = "fedsgd", local_steps: int = 1,
+                       local_lr: float = THREAT_DEFAULTS["local_lr"], local_batch_size: int = 0,
+                       clients: int = 1) -> Callable[[PyTree, jax.Array, jax.Array], PyTree]:
+    """update_fn(params, x, labels) -> tree: the attacker's simulation of the shared (aggregate)
+    update for candidate images x (B, H, W, C) normalized, labels int (B,) or soft (B, K); for
+    `objectives.make_objective(..., update_fn=...)`. Differentiable w.r.t. x."""
+    _check_threat(kind, local_steps, local_lr, local_batch_size, None)
+    _check_clients(clients)
+    step_gradient = make_step_gradient(victim, variables)
+    key = jax.random.key(0)  # unused: the simulation has no randomness
+
+    def one_client(params, x, labels):
+        _check_threat(kind, local_steps, local_lr, local_batch_size, x.shape[0])
+        if kind == "fedsgd":
+            return step_gradient(params, x, labels, key)
+        return local_training_update(step_gradient, params, x, labels, key, local_steps=local_steps,
+                                     local_lr=local_lr, local_batch_size=local_batch_size)
+
+    def update_fn(params, x, labels):
+        trees = [one_client(params, xc, yc) for xc, yc in split_clients(x, labels, clients)]
+        return jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *trees)
+
+    return update_fn
