@@ -45,11 +45,12 @@ class Attack(NamedTuple):
     """Pure functions of one attack.
 
     init(key, shape) -> AttackState, x ~ N(0, 1) (the reference initialization).
-    step(state, target_grads, labels) -> AttackState, one optimizer step + box projection.
+    step(state, target_grads, labels, weights=None) -> AttackState, one optimizer step + box
+      projection; `weights` (e.g. traced per-attack ObjectiveWeights) is passed to the objective.
     """
 
     init: Callable[[jax.Array, tuple[int, ...]], AttackState]
-    step: Callable[[AttackState, PyTree, jax.Array], AttackState]
+    step: Callable[..., AttackState]
 
 
 class Inversion(NamedTuple):
@@ -87,8 +88,9 @@ def make_attack(objective: Objective, optimizer: optax.GradientTransformation, b
         x = jax.random.normal(key, shape, jnp.float32)
         return AttackState(x, optimizer.init(x), jnp.zeros((), jnp.int32), jnp.full((), jnp.inf, jnp.float32))
 
-    def step(state, target_grads, labels):
-        (loss, _), grad = jax.value_and_grad(objective, has_aux=True)(state.x, target_grads, labels)
+    def step(state, target_grads, labels, weights=None):
+        objective_args = (target_grads, labels) if weights is None else (target_grads, labels, weights)
+        (loss, _), grad = jax.value_and_grad(objective, has_aux=True)(state.x, *objective_args)
         updates, opt_state = optimizer.update(grad, state.opt_state, state.x)
         x = optax.projections.projection_box(optax.apply_updates(state.x, updates), lo, hi)
         return AttackState(x, opt_state, state.step + 1, loss)

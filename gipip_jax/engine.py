@@ -1,0 +1,381 @@
+"""Batched attack engine: many independent attacks as one compiled program, on every device.
+
+A *wave* is `attacks_per_device x num_devices` independent attacks run together. Every per-attack
+value (target update, labels, objective weights, PRNG key, optimizer state) has a leading attack
+axis, sharded over a 1-D device mesh with axis name "attacks" (`jax.shard_map`: what `pmap` is
+built on today); the victim and AE parameters are closed over and shared, never copied per attack.
+Inside a device, the attacks of its block run by one of three strategies:
+
+- "vmap":          `jax.vmap` with native convolutions (XLA turns per-attack weight gradients
+                   into grouped convolutions: fine on GPUs, very slow on CPU);
+- "vmap_patches":  `jax.vmap` with victims whose conv weight gradients are patch matmuls
+                   (`gipip_jax.convs`), which vmap turns into batched matmuls;
+- "unroll":        the block's attacks traced one after another into the same program (no
+                   per-attack batching at all; with one attack per device this is the sequential
+                   loop, so the engine can always fall back to it).
+
+`Engine.choose_plan` picks the strategy and the wave size by measurement: it compiles candidate
+programs, reads XLA's memory analysis to stay inside device memory, times a few steps of each and
+keeps the highest attack-steps/s. Each program is compiled once, ahead of time (`jit(...).lower(...)
+.compile()`), and serves every chunk and wave of its shape: a compiled program cannot retrace.
+
+An attack whose objective or image becomes NaN/Inf restarts from a fresh key (fold_in(key, try))
+up to `max_tries` times, then is marked failed; its neighbours are unaffected (all updates are
+per attack, selected with `jnp.where`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gipip_jax.attack import AttackState, make_attack
+from gipip_jax.objectives import ObjectiveWeights
+
+PyTree = Any
+AXIS = "attacks"
+STRATEGIES = ("vmap", "vmap_patches", "unroll")
+CONV_OF_STRATEGY = {"vmap": "native", "vmap_patches": "patch_grad", "unroll": "native"}
+# Used by choose_plan: share of a device's free memory a wave may use.
+MEMORY_FRACTION = 0.8
+
+
+class AttackInputs(NamedTuple):
+    """Per-attack inputs; every leaf has a leading attack axis N.
+
+    target_grads: the shared update tree, leaves (N, *param shape) float32.
+    labels: int32 (N, B) or soft float32 (N, B, K).
+    weights: ObjectiveWeights whose fields are float32 (N,).
+    keys: uint32 (N, 2) raw PRNG key data (`jax.random.key_data`); try t starts from fold_in(key, t).
+    """
+
+    target_grads: PyTree
+    labels: Any
+    weights: ObjectiveWeights
+    keys: Any
+
+
+class WaveState(NamedTuple):
+    """State of a wave: attack (AttackState, leaves (N, ...)); tries int32 (N,), restarts after
+    a NaN/Inf; failed bool (N,), gave up after max_tries restarts."""
+
+    attack: AttackState
+    tries: jax.Array
+    failed: jax.Array
+
+
+class Plan(NamedTuple):
+    """How a study runs: `strategy` (one of STRATEGIES), attacks per device, number of devices."""
+
+    strategy: str
+    attacks_per_device: int
+    num_devices: int
+
+    @property
+    def wave_size(self) -> int:
+        return self.attacks_per_device * self.num_devices
+
+
+class WaveResult(NamedTuple):
+    """Host results of a finished wave: loss (N,), terms {name: (N,)}, images01 (N, B, H, W, C) in
+    [0, 1], steps (N,), tries (N,), failed (N,) bool."""
+
+    loss: np.ndarray
+    terms: dict
+    images01: np.ndarray
+    steps: np.ndarray
+    tries: np.ndarray
+    failed: np.ndarray
+
+
+class Program(NamedTuple):
+    """The compiled functions of one plan: init(inputs) -> state; chunk(state, inputs, total) ->
+    state (runs chunk_size steps, donating the state); evaluate(state, inputs) -> (loss, terms, images01)."""
+
+    plan: Plan
+    init: Callable
+    chunk: Callable
+    evaluate: Callable
+    bytes_per_device: int
+
+
+def make_mesh(devices=None) -> Mesh:
+    """1-D mesh named "attacks" over `devices` (default: all devices of all processes)."""
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    return Mesh(devices.reshape(-1), (AXIS,))
+
+
+def _tree_where(condition, a, b):
+    return jax.tree.map(lambda u, v: jnp.where(condition, u, v), a, b)
+
+
+def _per_attack(fn: Callable, strategy: str) -> Callable:
+    """Maps fn over the leading attack axis of all its arguments by `strategy`."""
+    if strategy != "unroll":
+        return jax.vmap(fn)
+
+    def unrolled(*args):
+        count = jax.tree.leaves(args)[0].shape[0]
+        outs = [fn(*jax.tree.map(lambda a: a[i], args)) for i in range(count)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return unrolled
+
+
+def per_attack_weights(count: int, **values) -> ObjectiveWeights:
+    """ObjectiveWeights whose every field is float32 (count,): `values` (scalars or sequences), else 0."""
+    unknown = set(values) - set(ObjectiveWeights._fields)
+    if unknown:
+        raise ValueError(f"unknown objective weights {sorted(unknown)}; fields: {ObjectiveWeights._fields}")
+    return ObjectiveWeights(*(np.broadcast_to(np.asarray(values.get(f, 0.0), np.float32), (count,)).copy()
+                              for f in ObjectiveWeights._fields))
+
+
+def wave_inputs(inputs: AttackInputs, indices) -> AttackInputs:
+    """The inputs of attacks `indices` (host arrays), e.g. one wave, padding slots repeating an attack."""
+    indices = np.asarray(indices)
+    return jax.tree.map(lambda a: np.asarray(a)[indices], inputs)
+
+
+class Engine:
+    """Runs waves of independent attacks sharing one objective form, optimizer and image shape.
+
+    build_objective(conv) -> objective(x, target_grads, labels, weights) -> (loss, terms), with the
+    victim built with convolution implementation `conv` ("native" or "patch_grad").
+    shape: (B, H, W, C) of one attack's candidate images; bounds: (lo, hi) box, each (C,);
+    denormalize maps normalized images to [0, 1] units.
+    """
+
+    def __init__(self, build_objective: Callable[[str], Callable], optimizer, bounds, denormalize, *,
+                 shape: tuple, chunk_size: int = 100, max_tries: int = 2, mesh: Mesh | None = None):
+        if chunk_size < 1 or max_tries < 0:
+            raise ValueError(f"chunk_size must be >= 1 and max_tries >= 0, got {chunk_size}, {max_tries}")
+        self.build_objective, self.optimizer, self.bounds = build_objective, optimizer, bounds
+        self.denormalize, self.shape = denormalize, tuple(shape)
+        self.chunk_size, self.max_tries = chunk_size, max_tries
+        self.mesh = mesh or make_mesh()
+        self._programs: dict[Plan, Program] = {}
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.size
+
+    # -- the per-attack functions -------------------------------------------------------------
+
+    def _attack_functions(self, strategy: str):
+        objective = self.build_objective(CONV_OF_STRATEGY[strategy])
+        attack = make_attack(objective, self.optimizer, self.bounds)
+        shape, max_tries = self.shape, self.max_tries
+
+        def fresh(key_data, tries):
+            key = jax.random.fold_in(jax.random.wrap_key_data(key_data), tries)
+            return attack.init(key, shape)
+
+        def init_one(inp: AttackInputs) -> WaveState:
+            return WaveState(fresh(inp.keys, 0), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+
+        def step_one(s: WaveState, inp: AttackInputs, total) -> WaveState:
+            new = attack.step(s.attack, inp.target_grads, inp.labels, inp.weights)
+            bad = ~jnp.isfinite(new.loss) | ~jnp.all(jnp.isfinite(new.x))
+            retry = bad & (s.tries < max_tries)
+            restarted = _tree_where(retry, fresh(inp.keys, s.tries + 1), s.attack)
+            nxt = WaveState(_tree_where(bad, restarted, new), s.tries + retry.astype(jnp.int32),
+                            s.failed | (bad & ~retry))
+            return _tree_where((s.attack.step < total) & ~s.failed, nxt, s)
+
+        def evaluate_one(s: WaveState, inp: AttackInputs):
+            loss, terms = objective(s.attack.x, inp.target_grads, inp.labels, inp.weights)
+            return loss, terms, jnp.clip(self.denormalize(s.attack.x), 0.0, 1.0)
+
+        return init_one, step_one, evaluate_one
+
+    # -- compiling a plan ----------------------------------------------------------------------
+
+    def program(self, plan: Plan, example: AttackInputs) -> Program:
+        """The compiled program of `plan` (cached); `example` gives the inputs' shapes (any N)."""
+        if plan in self._programs:
+            return self._programs[plan]
+        if plan.strategy not in STRATEGIES:
+            raise ValueError(f"unknown engine strategy {plan.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if plan.num_devices != self.num_devices or plan.attacks_per_device < 1:
+            raise ValueError(f"plan {plan} does not fit a mesh of {self.num_devices} device(s)")
+        init_one, step_one, evaluate_one = self._attack_functions(plan.strategy)
+        chunk_size, strategy = self.chunk_size, plan.strategy
+
+        def local_init(inputs):
+            return _per_attack(init_one, strategy)(inputs)
+
+        def local_chunk(state, inputs, total):
+            step_all = _per_attack(lambda s, i: step_one(s, i, total), strategy)
+
+            def body(s, _):
+                busy = jnp.any((s.attack.step < total) & ~s.failed)
+                return jax.lax.cond(busy, lambda v: step_all(v, inputs), lambda v: v, s), None
+
+            return jax.lax.scan(body, state, length=chunk_size)[0]
+
+        def local_evaluate(state, inputs):
+            return _per_attack(evaluate_one, strategy)(state, inputs)
+
+        sharded = P(AXIS)
+
+        def shard(fn, in_specs, donate=()):
+            mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=sharded, check_vma=False)
+            return jax.jit(mapped, donate_argnums=donate)
+
+        abstract_inputs = self._abstract(example, plan.wave_size)
+        init_fn = shard(local_init, (sharded,))
+        init = init_fn.lower(abstract_inputs).compile()
+        abstract_state = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(self.mesh, sharded)),
+            jax.eval_shape(init_fn, abstract_inputs))
+        total = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(self.mesh, P()))
+        chunk = shard(local_chunk, (sharded, sharded, P()), donate=(0,)).lower(abstract_state, abstract_inputs, total).compile()
+        evaluate = shard(local_evaluate, (sharded, sharded)).lower(abstract_state, abstract_inputs).compile()
+        program = Program(plan, init, chunk, evaluate, _bytes_per_device(chunk))
+        self._programs[plan] = program
+        return program
+
+    def _abstract(self, example: AttackInputs, size: int):
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *np.shape(a)[1:]), np.asarray(a).dtype,
+                                                           sharding=sharding), example)
+
+    def put(self, inputs: AttackInputs) -> AttackInputs:
+        """Host inputs of one wave -> global arrays sharded over the attack axis (multi-host safe:
+        every process holds the whole host array and contributes its devices' shards)."""
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        return jax.tree.map(lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda i: np.asarray(a)[i]),
+                            inputs)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run_wave(self, program: Program, inputs: AttackInputs, iterations: int, *, state: WaveState | None = None,
+                 on_chunk: Callable[[WaveState], None] | None = None) -> tuple[WaveState, WaveResult]:
+        """Runs one wave to `iterations` steps per attack (restarted attacks start over).
+
+        inputs: host AttackInputs with N = plan.wave_size; state: a state to resume from (e.g.
+        restored from a checkpoint); on_chunk(state) is called after every chunk (progress,
+        checkpoints). Returns the final state and its host results.
+        """
+        device_inputs = self.put(inputs)
+        state = program.init(device_inputs) if state is None else state
+        total = jnp.asarray(iterations, jnp.int32)
+        while not wave_finished(state, iterations):
+            state = program.chunk(state, device_inputs, total)
+            if on_chunk is not None:
+                on_chunk(state)
+        loss, terms, images01 = program.evaluate(state, device_inputs)
+        host = _to_host((loss, terms, images01, state.attack.step, state.tries, state.failed))
+        return state, WaveResult(*host)
+
+    def choose_plan(self, example: AttackInputs, num_attacks: int, *, strategy: str = "auto",
+                    attacks_per_device: int = 0, probe_steps: int = 2,
+                    log: Callable[[str], None] = print) -> tuple[Plan, list[dict]]:
+        """Picks (strategy, attacks per device) by measured attack-steps/s; returns it and the probe table.
+
+        strategy "auto" tries "unroll" and "vmap_patches" on CPU, "vmap" and "vmap_patches" on
+        accelerators; attacks_per_device 0 doubles from 1 until throughput stops improving by 5 %,
+        the study has no more attacks to fill a wave, or XLA's memory analysis says the next size
+        would not fit in MEMORY_FRACTION of a device's free memory. A single candidate is not probed.
+        """
+        if strategy == "auto":
+            strategies = ["unroll", "vmap_patches"] if jax.default_backend() == "cpu" else ["vmap", "vmap_patches"]
+        elif strategy in STRATEGIES:
+            strategies = [strategy]
+        else:
+            raise ValueError(f"unknown engine strategy {strategy!r}; choose auto or one of {', '.join(STRATEGIES)}")
+        devices = self.num_devices
+        useful = max(1, math.ceil(num_attacks / devices))
+        if attacks_per_device and len(strategies) == 1:
+            return Plan(strategies[0], attacks_per_device, devices), []
+        free = _free_bytes_per_device(self.mesh)
+        table, best = [], None
+        for name in strategies:
+            sizes = [attacks_per_device] if attacks_per_device else _doublings(useful)
+            best_here = 0.0
+            for apd in sizes:
+                plan = Plan(name, apd, devices)
+                start = time.perf_counter()
+                program = self.program(plan, example)
+                compile_s = time.perf_counter() - start
+                if program.bytes_per_device > MEMORY_FRACTION * free:
+                    log(f"  probe {name} x{plan.attacks_per_device}/device: needs {program.bytes_per_device / 2**30:.2f} GiB "
+                        f"of {free / 2**30:.2f} GiB free, stop")
+                    break
+                rate = self._probe(program, example, probe_steps)
+                table.append({"strategy": name, "attacks_per_device": plan.attacks_per_device, "compile_s": compile_s,
+                              "attack_steps_per_s": rate, "bytes_per_device": program.bytes_per_device})
+                log(f"  probe {name} x{plan.attacks_per_device}/device: {rate:.1f} attack-steps/s "
+                    f"(compile {compile_s:.1f} s, {program.bytes_per_device / 2**20:.0f} MiB/device)")
+                if best is None or rate > best[1]:
+                    best = (plan, rate)
+                if rate < 1.05 * best_here:
+                    break
+                best_here = max(best_here, rate)
+        if best is None:
+            raise MemoryError(f"not even one attack per device fits in {free / 2**30:.2f} GiB of device memory")
+        return best[0], table
+
+    def _probe(self, program: Program, example: AttackInputs, steps: int) -> float:
+        """Attack-steps/s of `program` over `steps` steps (after one untimed warm-up call)."""
+        inputs = self.put(wave_inputs(example, np.arange(program.plan.wave_size) % len(example.labels)))
+        total = jnp.asarray(steps, jnp.int32)
+        jax.block_until_ready(program.chunk(program.init(inputs), inputs, total))
+        start = time.perf_counter()
+        jax.block_until_ready(program.chunk(program.init(inputs), inputs, total))
+        return program.plan.wave_size * steps / (time.perf_counter() - start)
+
+
+def _doublings(limit: int) -> list[int]:
+    """1, 2, 4, ... up to and including `limit` (the last one capped at it)."""
+    sizes = [1]
+    while sizes[-1] < limit:
+        sizes.append(min(2 * sizes[-1], limit))
+    return sizes
+
+
+def wave_finished(state: WaveState, iterations: int) -> bool:
+    """Every attack of the wave has run `iterations` steps or failed."""
+    steps, failed = _to_host((state.attack.step, state.failed))
+    return bool(np.all((steps >= iterations) | failed))
+
+
+def _to_host(tree):
+    """Device arrays -> numpy, gathering shards of other processes when there are several."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _bytes_per_device(compiled) -> int:
+    """Peak bytes one device needs for a compiled program (XLA's memory analysis; 0 if unknown)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return 0
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+               + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes)
+
+
+def _free_bytes_per_device(mesh: Mesh) -> float:
+    """Free memory of the first device of the mesh; host memory shared by CPU devices."""
+    device = mesh.devices.flat[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return float(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return available / max(1, sum(d.platform == "cpu" for d in mesh.devices.flat))
