@@ -7,14 +7,18 @@ Images are NHWC. `x` is in the victim's normalized space; `x01` is in [0, 1].
 
 with ONE cosine over all layers' gradients concatenated (as the authors' code does). A term
 whose weight is 0 is not computed at all, so Inverting Gradients is GI-PIP with λ_AS = 0.
+Optionally  + λ_BN · BN(x), the GradInversion / DeepInversion prior (`bn_statistics_loss`),
+usable with any matching and optimizer.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from gipip_jax.client import make_loss_fn
 from gipip_jax.data import DatasetInfo
@@ -52,8 +56,51 @@ def anomaly_score(x01: jax.Array, reconstruct: Callable[[jax.Array], jax.Array],
     return jnp.abs(jnp.mean((x01 - reconstruct(x01)) ** 2) - offset)
 
 
+def batch_norm_statistics(victim: Victim, variables: dict, x: jax.Array) -> dict[str, tuple[jax.Array, ...]]:
+    """{BN layer path 'A/B': (batch mean (C,), batch var (C,), running mean, running var)}, in call order.
+
+    The victim runs in eval mode on x (B, H, W, C); batch statistics are those of each BN layer's
+    input over all axes but the channel one (biased variance, as BN itself uses).
+    """
+    found = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+            h = args[0]
+            axes = tuple(range(h.ndim - 1))
+            found["/".join(context.module.path)] = (
+                h.mean(axis=axes), h.var(axis=axes), context.module.get_variable("batch_stats", "mean"),
+                context.module.get_variable("batch_stats", "var"))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        victim.apply(variables, x)
+    return found
+
+
+def bn_statistics_loss(victim: Victim, variables: dict) -> Callable[[jax.Array], jax.Array]:
+    """Returns bn(x) -> sum over BN layers of ||mean_b - mean_run||_2 + ||var_b - var_run||_2, >= 0.
+
+    DeepInversion's feature-distribution regularizer, used by GradInversion as its BN prior: the
+    batch statistics of the candidate images x (B, H, W, C) at every BN layer pulled toward the
+    victim's running statistics. ValueError if the victim has no BatchNorm layer.
+    """
+    if "batch_stats" not in variables:
+        raise ValueError(f"the BN-statistics term needs a victim with BatchNorm layers; {victim.name!r} has none")
+
+    def bn(x):
+        # optax.safe_norm: gradient 0 (not NaN) where the statistics already match exactly.
+        return sum(optax.safe_norm(mean - run_mean, 0.0) + optax.safe_norm(var - run_var, 0.0)
+                   for mean, var, run_mean, run_var in batch_norm_statistics(victim, variables, x).values())
+
+    return bn
+
+
 class ObjectiveWeights(NamedTuple):
     """Weights of the optional terms (0 switches a term off) and the AS offset c.
+
+    tv: λ_TV; anomaly: λ_AS; anomaly_offset: c; bn_stats: λ_BN (BN-statistics prior, needs a
+    victim with BatchNorm).
 
     Python floats when building an objective; per-call values may be traced scalars, so a
     batched study gives every attack its own weights without recompiling.
@@ -62,6 +109,7 @@ class ObjectiveWeights(NamedTuple):
     tv: Any = 0.0
     anomaly: Any = 0.0
     anomaly_offset: Any = 0.0
+    bn_stats: Any = 0.0
 
 
 def make_objective(
@@ -91,7 +139,8 @@ def make_objective(
     distance = gradient_cosine_distance if matching == "cosine" else gradient_l2_distance
     update_fn = update_fn or jax.grad(make_loss_fn(victim, variables))
     params = variables["params"]
-    use_tv, use_anomaly = weights.tv > 0, weights.anomaly > 0
+    use_tv, use_anomaly, use_bn = weights.tv > 0, weights.anomaly > 0, weights.bn_stats > 0
+    bn = bn_statistics_loss(victim, variables) if use_bn else None
     defaults = weights
 
     def objective(x, target_grads, labels, weights=None):
@@ -105,6 +154,9 @@ def make_objective(
             x01 = jnp.clip(info.denormalize(x), 0.0, 1.0)
             terms["anomaly"] = anomaly_score(x01, reconstruct, w.anomaly_offset)
             loss = loss + w.anomaly * terms["anomaly"]
+        if use_bn:
+            terms["bn_stats"] = bn(x)
+            loss = loss + w.bn_stats * terms["bn_stats"]
         return loss, terms
 
     return objective

@@ -108,3 +108,54 @@ def test_objective_errors(victim_setup):
         objectives.make_objective(victim, variables, INFO, matching="cos")
     with pytest.raises(ValueError, match="autoencoder"):
         objectives.make_objective(victim, variables, INFO, weights=objectives.ObjectiveWeights(anomaly=1.0))
+
+
+def _with_running_stats(variables, path, mean, var):
+    stats = jax.tree.map(lambda v: v, variables["batch_stats"])  # a copy
+    node = stats
+    for part in path.split("/"):
+        node = node[part]
+    node["mean"], node["var"] = mean, var
+    return {**variables, "batch_stats": stats}
+
+
+def test_bn_statistics_match_numpy_and_term_is_zero_at_running_stats(victim_setup):
+    victim, variables, x, labels, target = victim_setup
+    found = objectives.batch_norm_statistics(victim, variables, x)
+    assert list(found) == [f"BatchNorm_{i}" for i in range(5)]
+    mean, var, run_mean, run_var = found["BatchNorm_0"]
+    # BatchNorm_0 sees Conv_0(x) (no bias); its batch statistics are over (B, H, W).
+    conv0 = jax.lax.conv_general_dilated(x, variables["params"]["Conv_0"]["kernel"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(mean, np.asarray(conv0).mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(var, np.asarray(conv0).var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(run_mean, variables["batch_stats"]["BatchNorm_0"]["mean"])
+    bn = objectives.bn_statistics_loss(victim, variables)
+    assert float(bn(x)) > 0.1
+    # Make every layer's running statistics its batch statistics on x, layer by layer in call order
+    # (a layer's input depends on the earlier layers' running statistics): then the term is zero.
+    matched = variables
+    for path in found:
+        mean, var, _, _ = objectives.batch_norm_statistics(victim, matched, x)[path]
+        matched = _with_running_stats(matched, path, mean, var)
+    bn_matched = objectives.bn_statistics_loss(victim, matched)
+    np.testing.assert_allclose(bn_matched(x), 0.0, atol=1e-5)
+    assert float(bn_matched(x + 0.5)) > 0.1
+    grad = jax.grad(bn_matched)(x)
+    assert np.all(np.isfinite(grad))
+
+
+def test_bn_term_in_objective(victim_setup):
+    victim, variables, x, labels, target = victim_setup
+    weights = objectives.ObjectiveWeights(tv=0.1, bn_stats=0.5)
+    objective = objectives.make_objective(victim, variables, INFO, weights=weights)
+    loss, terms = objective(x + 0.1, target, labels)
+    assert set(terms) == {"matching", "tv", "bn_stats"}
+    np.testing.assert_allclose(terms["bn_stats"], objectives.bn_statistics_loss(victim, variables)(x + 0.1), rtol=1e-6)
+    np.testing.assert_allclose(loss, terms["matching"] + 0.1 * terms["tv"] + 0.5 * terms["bn_stats"], rtol=1e-6)
+    per_call = objectives.ObjectiveWeights(*map(jnp.float32, (0.1, 0.0, 0.0, 2.0)))
+    traced_loss, _ = jax.jit(objective)(x + 0.1, target, labels, per_call)
+    np.testing.assert_allclose(traced_loss, terms["matching"] + 0.1 * terms["tv"] + 2.0 * terms["bn_stats"], rtol=1e-5)
+    lenet = make_victim("lenet", INFO.num_classes, INFO.image_shape)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        objectives.make_objective(lenet, lenet.init(jax.random.key(0)), INFO, weights=weights)
