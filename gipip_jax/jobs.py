@@ -9,7 +9,10 @@ prints progress, and writes its outputs there:
                 above reconstruction), WORKDIR/reconstructions.npz
 
 The attack job only hands the attacker the client's `SharedUpdate`, the labels (given, as in
-GI-PIP's setting) and the model; ground-truth images are used for metrics only. Records carry a
+GI-PIP's setting, or recovered from the update: config.attack.labels, see `labels.py`; "dlg"
+learns soft labels jointly with the image) and the model; ground-truth images and labels are
+used for metrics (PSNR/SSIM/LPIPS, label accuracy) only. config.attack.optimizer "adam" runs
+`attack.make_inverter`, "lbfgs" runs DLG/iDLG's L-BFGS (`dlg.make_dlg_inverter`). Records carry a
 fingerprint of the config: rerunning the same command skips targets already in results.jsonl.
 """
 
@@ -27,12 +30,15 @@ import ml_collections
 import numpy as np
 
 from gipip_jax import attack as attack_lib
-from gipip_jax import checkpoints, data, metrics, results, training
+from gipip_jax import checkpoints, data, dlg, metrics, results, training
+from gipip_jax import labels as label_lib
 from gipip_jax.client import check_update_matches, fedsgd_update
 from gipip_jax.objectives import ObjectiveWeights, make_objective
 from gipip_jax.victims import make_victim
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+OPTIMIZERS = ("adam", "lbfgs")
+LABEL_SOURCES = ("given", "dlg", *label_lib.STRATEGIES)
 # GI-PIP's AS offsets c by image side (the authors' values): 32 px, 64 px, 224 px.
 REFERENCE_AS_OFFSETS = {32: 0.001, 64: 0.002, 224: 0.005}
 
@@ -134,18 +140,40 @@ def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     victim, variables, victim_meta = _victim_and_variables(config, info)
     reconstruct, offset, prior_meta = _prior(config)
     a = config.attack
+    optimizer_name, label_source = a.get("optimizer", "adam"), a.get("labels", "given")
+    if optimizer_name not in OPTIMIZERS:
+        raise ValueError(f"unknown attack.optimizer {optimizer_name!r}; choose one of {OPTIMIZERS}")
+    if label_source not in LABEL_SOURCES:
+        raise ValueError(f"unknown attack.labels {label_source!r}; choose one of {LABEL_SOURCES}")
+    if label_source == "dlg" and optimizer_name != "lbfgs":
+        raise ValueError("attack.labels='dlg' (soft labels learned jointly) needs attack.optimizer='lbfgs'")
+    if label_source == "idlg" and config.targets.batch_size != 1:
+        raise ValueError(f"attack.labels='idlg' reads the label of a single image; targets.batch_size is "
+                         f"{config.targets.batch_size} (use yin, llg or bias_count)")
     objective = make_objective(
         victim, variables, info, matching=a.matching, reconstruct=reconstruct,
-        weights=ObjectiveWeights(tv=a.tv_weight, anomaly=a.as_weight, anomaly_offset=offset))
-    optimizer = attack_lib.make_optimizer(a.learning_rate, a.iterations, signed=a.signed)
-    invert = attack_lib.make_inverter(objective, optimizer, info.bounds(), info.denormalize,
-                                      iterations=a.iterations, restarts=a.restarts, chunk_size=a.chunk_size)
+        weights=ObjectiveWeights(tv=a.tv_weight, anomaly=a.as_weight, anomaly_offset=offset,
+                                 bn_stats=a.get("bn_weight", 0.0)))
+    if optimizer_name == "lbfgs":
+        invert = dlg.make_dlg_inverter(objective, info.denormalize, num_classes=info.num_classes,
+                                       learn_labels=label_source == "dlg", iterations=a.iterations,
+                                       restarts=a.restarts, chunk_size=a.chunk_size)
+    else:
+        optimizer = attack_lib.make_optimizer(a.learning_rate, a.iterations, signed=a.signed)
+        invert = attack_lib.make_inverter(objective, optimizer, info.bounds(), info.denormalize,
+                                          iterations=a.iterations, restarts=a.restarts, chunk_size=a.chunk_size)
     client_update = jax.jit(lambda x, y: fedsgd_update(victim, variables, x, y))
 
     results_path = os.path.join(workdir, "results.jsonl")
     fingerprint = config_fingerprint(config)
     done = {tuple(r["target_indices"]) for r in results.read_records(results_path) if r.get("fingerprint") == fingerprint}
-    batches = [data.unique_label_batch(target_set.labels, int(s), config.targets.batch_size) for s in config.targets.starts]
+    size = config.targets.batch_size
+    if config.targets.get("unique_labels", True):
+        batches = [data.unique_label_batch(target_set.labels, int(s), size) for s in config.targets.starts]
+    else:  # consecutive images from each start: labels as they come, repeats possible
+        if max(config.targets.starts) + size > len(target_set.labels):
+            raise ValueError(f"targets.starts reach past the {len(target_set.labels)} images of the split")
+        batches = [np.arange(int(s), int(s) + size) for s in config.targets.starts]
     records, grid_truth, grid_rec = [], [], []
     for number, indices in enumerate(batches, 1):
         x01, labels = target_set.take(indices)
@@ -163,13 +191,21 @@ def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                   "as_offset": offset if reconstruct else None,
                   "prior": {k: prior_meta[k] for k in ("dataset", "aux_count", "aux_fraction", "epochs")} if prior_meta else None,
                   "fingerprint": fingerprint, "config": config.to_dict()}
+        if label_source in label_lib.STRATEGIES:
+            attack_labels = label_lib.recover(label_source, update.grads, update.batch_size, victim, variables,
+                                              jax.random.fold_in(key, 1))
+        else:  # given, or learned by DLG (then these are not read)
+            attack_labels = labels
         try:
-            inversion = invert(update.grads, jnp.asarray(labels), key, x01.shape)
+            inversion = invert(update.grads, jnp.asarray(attack_labels), key, x01.shape)
         except attack_lib.AttackDivergedError as error:
             record.update(status="failed", error=str(error), seconds=time.perf_counter() - start)
             results.append_record(results_path, record)
             print(f"  failed: {error}")
             continue
+        recovered = inversion.labels if label_source == "dlg" else attack_labels
+        record.update(label_source=label_source, recovered_labels=np.asarray(recovered).tolist(),
+                      label_accuracy=label_lib.accuracy(recovered, labels))
         scores = metrics.evaluate(inversion.images01, x01, lpips_net=config.metrics.lpips_net)
         record.update(status="ok", seconds=time.perf_counter() - start, loss=inversion.loss, terms=inversion.terms,
                       restart_losses=inversion.restart_losses, per_image=scores,
@@ -178,7 +214,8 @@ def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         records.append(record)
         grid_truth.append(x01)
         grid_rec.append(inversion.images01[scores["order"]])
-        print(f"  psnr {record['psnr']:.2f} dB  ssim {record['ssim']:.3f}  "
+        print(f"  labels {record['recovered_labels']} (accuracy {record['label_accuracy']:.2f})  "
+              f"psnr {record['psnr']:.2f} dB  ssim {record['ssim']:.3f}  "
               f"{'lpips %.3f  ' % record['lpips'] if 'lpips' in record else ''}{record['seconds']:.1f} s")
     if grid_truth:
         truth, rec = np.concatenate(grid_truth), np.concatenate(grid_rec)
