@@ -35,6 +35,7 @@ class Normalizer(Protocol):
     def normalize(self, x01: jax.Array) -> jax.Array: ...
 
 
+GradientFn = Callable[[dict, jax.Array, jax.Array, jax.Array], Any]
 StepFn = Callable[[Any, tuple[jax.Array, ...], jax.Array, jax.Array], tuple[Any, dict[str, jax.Array]]]
 
 
@@ -140,6 +141,7 @@ def train_victim(
     eval_images01=None,
     eval_labels=None,
     augment: bool = True,
+    gradient_fn: GradientFn | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[dict, dict]:
     """Trains ``victim`` with cross-entropy and SGD + momentum; returns ``(variables, metrics)``.
@@ -151,6 +153,12 @@ def train_victim(
     from ``learning_rate`` to 0 over all steps. BN running statistics are updated.
     The initial variables are ``victim.init(jax.random.key(seed))``, which
     ``epochs=0`` returns unchanged (the paper's untrained victim).
+
+    ``gradient_fn(variables, x, labels, key) -> grads`` (x normalized (B, H, W, C), labels int
+    (B,), a fresh key per step) replaces the train-mode gradient with what a (defended) federated
+    client shares, e.g. ``threat_models.client_update(...).grads``: the server then applies it.
+    Such a client runs the victim in eval mode, so BN running statistics stay as initialized, and
+    the train loss/accuracy metrics come from an eval-mode forward pass.
 
     metrics (JSON-serializable): ``epochs``, ``seconds``, ``train_loss`` and
     ``train_acc`` (means over the last epoch's augmented train-mode batches, None
@@ -185,7 +193,12 @@ def train_victim(
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             return loss, (logits, batch_stats)
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if gradient_fn is None:
+            (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        else:
+            grads = gradient_fn(variables_of(state), x, y, jax.random.fold_in(step_key, 1))
+            logits, batch_stats = victim.apply(variables_of(state), x), state.batch_stats
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         return state, {"train_loss": loss, "train_acc": jnp.mean(jnp.argmax(logits, -1) == y)}
 

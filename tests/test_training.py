@@ -139,3 +139,30 @@ def test_autoencoder_training_reduces_reconstruction_error_and_is_deterministic(
 def test_unknown_autoencoder_recipe_lists_the_choices():
     with pytest.raises(ValueError, match="bce_adadelta"):
         train_autoencoder(np.zeros((4, 32, 32, 3), np.float32), recipe="sgd", epochs=1)
+
+
+def test_a_client_gradient_hook_replaces_the_train_mode_gradient():
+    images, labels = separable_problem(count=32)
+    victim = make_victim("convnet_tiny", 2, images.shape[1:])
+    initial = victim.init(jax.random.key(0))
+    seen_keys = []
+
+    def zero(variables, x, y, key):
+        seen_keys.append(key)
+        return jax.tree.map(jnp.zeros_like, variables["params"])
+
+    frozen, metrics = train_victim(victim, images, labels, info=INFO, epochs=1, batch_size=8, weight_decay=0.0,
+                                   augment=False, gradient_fn=zero, log=silent)
+    jax.tree.map(np.testing.assert_array_equal, frozen, initial)  # nothing shared, nothing learned
+    assert len(seen_keys) == 1 and np.isfinite(metrics["train_loss"])  # traced once, jitted
+
+    def eval_mode_gradient(variables, x, y, key):
+        del key
+        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(victim.apply({**variables, "params": p}, x), y).mean()
+        return jax.grad(loss)(variables["params"])
+
+    trained, _ = train_victim(victim, images, labels, info=INFO, epochs=4, batch_size=8, learning_rate=0.05,
+                              augment=False, gradient_fn=eval_mode_gradient, log=silent)
+    assert mean_loss(victim, trained, images, labels) < 0.5 * mean_loss(victim, initial, images, labels)
+    # the client runs the victim in eval mode: BN running statistics are never updated
+    jax.tree.map(np.testing.assert_array_equal, trained["batch_stats"], initial["batch_stats"])

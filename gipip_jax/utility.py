@@ -1,0 +1,167 @@
+"""The utility side of a defense: test accuracy of a victim trained with it, cached per setting.
+
+Every training step is one FedSGD round: a client computes `threat_models.client_update` on its
+(augmented) batch with the defense (flat fields of `defenses.DEFENSE_DEFAULTS`: clipping, pruning,
+noise, DP-SGD, dropout, Soteria), and the server applies the shared gradient with SGD + momentum
+(`training.train_victim(..., gradient_fn=...)`). The client runs the victim in eval mode (as in the
+attacks), so every setting, the undefended baseline included, trains the same way and accuracy
+differences come from the defense alone. For DP-SGD settings the record also holds the (eps, delta)
+of the run by `privacy.dp_sgd_epsilon` with q = batch / train_count and steps = all steps; this
+assumes Poisson sampling, while training draws shuffled fixed-size batches (the usual caveat).
+
+Results are cached in WORKDIR/utility.json, a JSON object mapping `setting_key(...)` (canonical
+JSON of data, victim, training recipe and the full defense setting) to its record, so a sweep
+skips settings already measured.
+
+    python -m gipip_jax.utility --config experiments/configs/utility_cifar10.py:smoke --workdir W
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+from collections.abc import Mapping
+
+import ml_collections
+import numpy as np
+
+from gipip_jax import defenses, privacy, threat_models, training
+from gipip_jax.victims import Victim, make_victim
+
+CACHE_FILE = "utility.json"
+
+
+def defended_gradient_fn(victim: Victim, defense: Mapping) -> training.GradientFn:
+    """gradient_fn(variables, x, labels, key) for `training.train_victim`: the FedSGD update a
+    client shares under the flat defense setting `defense` (any subset of DEFENSE_DEFAULTS)."""
+    specs = defenses.specs_from_config(defense)
+    settings = defenses.client_settings_from_config(defense)
+
+    def gradient_fn(variables, x, labels, key):
+        return threat_models.client_update(victim, variables, x, labels, kind="fedsgd", key=key,
+                                           defense=specs, **settings).grads
+
+    return gradient_fn
+
+
+def recipe(config: ml_collections.ConfigDict) -> dict:
+    """What besides the defense decides a utility number (part of every cache key)."""
+    return {"dataset": config.data.name, "image_size": config.data.get("image_size"), "victim": config.victim.name,
+            "train_count": config.train_count, "eval_count": config.eval_count, "epochs": config.epochs,
+            "batch_size": config.batch_size, "learning_rate": config.learning_rate, "augment": config.augment,
+            "seed": config.seed}
+
+
+def setting_key(recipe_fields: Mapping, defense: Mapping) -> str:
+    """Canonical JSON of the recipe and the complete defense setting (defaults filled in)."""
+    full = defenses.check_defense_config(defense)
+    return json.dumps({"recipe": dict(recipe_fields), "defense": full}, sort_keys=True)
+
+
+def read_cache(path) -> dict:
+    """The cache's {key: record}; {} when the file does not exist."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return {}
+    try:
+        cache = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"utility cache {path} is not valid JSON ({error}); delete it to start again") from error
+    if not isinstance(cache, dict):
+        raise ValueError(f"utility cache {path} holds a {type(cache).__name__}, not an object")
+    return cache
+
+
+def write_cache(path, cache: dict) -> None:
+    """Writes {key: record} atomically (temp file in the same directory, then rename)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        json.dump(cache, handle, indent=1, sort_keys=True)
+    os.replace(handle.name, path)
+
+
+def dp_epsilon(defense: Mapping, train_count: int, batch_size: int, epochs: int, delta: float) -> float | None:
+    """eps of a DP-SGD setting trained `epochs` epochs (None without DP noise)."""
+    full = defenses.check_defense_config(defense)
+    if full["dp_noise_multiplier"] == 0:
+        return None
+    steps = epochs * (train_count // batch_size)
+    return privacy.dp_sgd_epsilon(full["dp_noise_multiplier"], batch_size / train_count, steps, delta)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict]:
+    """Measures every setting of `config.settings` not yet in WORKDIR/utility.json; returns the
+    records of all of them (cached or new), in config order."""
+    from gipip_jax import jobs  # data loading shared with the other jobs
+
+    settings = [dict(s) for s in config.settings]
+    for setting in settings:
+        defenses.check_defense_config(setting)
+    fields = recipe(config)
+    cache_path = os.path.join(workdir, CACHE_FILE)
+    cache = read_cache(cache_path)
+    todo = [s for s in settings if setting_key(fields, s) not in cache]
+    if todo:
+        train_set = jobs.load_dataset(config.data, "train")
+        test_set = jobs.load_dataset(config.data, config.data.test_split)
+        info = train_set.info
+        victim = make_victim(config.victim.name, info.num_classes, info.image_shape)
+        x, y = train_set.take(np.arange(config.train_count))
+        x_test, y_test = test_set.take(np.arange(config.eval_count))
+    for number, setting in enumerate(todo, 1):
+        log(f"[{number}/{len(todo)}] {victim.name} on {config.train_count} {info.name} images, defense {setting}")
+        _, stats = training.train_victim(
+            victim, x, y, info=info, epochs=config.epochs, batch_size=config.batch_size,
+            learning_rate=config.learning_rate, seed=config.seed, eval_images01=x_test, eval_labels=y_test,
+            augment=config.augment, gradient_fn=defended_gradient_fn(victim, setting), log=log)
+        record = {"defense": defenses.check_defense_config(setting), "recipe": fields, **stats,
+                  "dp_delta": config.delta,
+                  "dp_epsilon": dp_epsilon(setting, config.train_count, config.batch_size, config.epochs, config.delta)}
+        cache[setting_key(fields, setting)] = record
+        write_cache(cache_path, cache)
+        log(f"  eval_acc {record['eval_acc']:.4f} ({record['seconds']:.0f} s)")
+    records = [cache[setting_key(fields, s)] for s in settings]
+    log(table(records))
+    return records
+
+
+def table(records: list[dict]) -> str:
+    """Markdown table: the non-default defense fields, eval accuracy, its drop from the undefended
+    record (blank when there is none), and DP eps."""
+    undefended = [r["eval_acc"] for r in records if r["defense"] == defenses.DEFENSE_DEFAULTS]
+    lines = ["| defense | eval acc | drop | DP eps |", "|---|---|---|---|"]
+    for r in records:
+        changed = {k: v for k, v in r["defense"].items() if v != defenses.DEFENSE_DEFAULTS[k]}
+        drop = f"{undefended[0] - r['eval_acc']:+.4f}" if undefended else ""
+        eps = "" if r.get("dp_epsilon") is None else f"{r['dp_epsilon']:.3g} (δ={r['dp_delta']:g})"
+        lines.append(f"| {changed or 'none'} | {r['eval_acc']:.4f} | {drop} | {eps} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gipip_jax.utility --config CONFIG.py[:ARG] --workdir W [--set key=value ...]`."""
+    from gipip_jax import cli, data
+
+    parser = argparse.ArgumentParser(prog="python -m gipip_jax.utility", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        config = cli.load_config(args.config)
+        for assignment in args.set:
+            cli.apply_override(config, assignment)
+        run(config, args.workdir)
+    except (cli.ConfigError, data.DataError, ValueError, FileNotFoundError) as error:
+        print(f"gipip-jax utility: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
