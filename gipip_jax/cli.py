@@ -1,6 +1,7 @@
 """`gipip-jax` command line: thin wrapper that loads a config file and runs a job.
 
     gipip-jax attack       --config experiments/configs/gipip_cifar10.py:smoke --workdir W
+    gipip-jax study        --config experiments/configs/study_cifar10.py:smoke --workdir W
     gipip-jax train-ae     --config experiments/configs/ae_cifar10.py --workdir W
     gipip-jax train-victim --config experiments/configs/victim_cifar10.py:smoke --workdir W
     gipip-jax summarize    W/results.jsonl [...]
@@ -20,7 +21,7 @@ import sys
 
 import ml_collections
 
-COMMANDS = ("attack", "train-ae", "train-victim")
+COMMANDS = ("attack", "study", "train-ae", "train-victim")
 
 
 class ConfigError(ValueError):
@@ -98,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         for assignment in args.set:
             apply_override(config, assignment)
-        job = {"attack": jobs.attack, "train-ae": jobs.train_ae, "train-victim": jobs.train_victim}[args.command]
+        from gipip_jax import study
+
+        job = {"attack": jobs.attack, "study": study.run, "train-ae": jobs.train_ae,
+               "train-victim": jobs.train_victim}[args.command]
         job(config, args.workdir)
     except expected as error:
         print(f"gipip-jax: error: {error}", file=sys.stderr)

@@ -98,13 +98,15 @@ class WaveResult(NamedTuple):
 
 class Program(NamedTuple):
     """The compiled functions of one plan: init(inputs) -> state; chunk(state, inputs, total) ->
-    state (runs chunk_size steps, donating the state); evaluate(state, inputs) -> (loss, terms, images01)."""
+    state (runs chunk_size steps, donating the state); evaluate(state, inputs) -> (loss, terms,
+    images01). state_shape: the WaveState as sharded ShapeDtypeStructs (to restore checkpoints into)."""
 
     plan: Plan
     init: Callable
     chunk: Callable
     evaluate: Callable
     bytes_per_device: int
+    state_shape: WaveState
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -240,7 +242,7 @@ class Engine:
         total = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(self.mesh, P()))
         chunk = shard(local_chunk, (sharded, sharded, P()), donate=(0,)).lower(abstract_state, abstract_inputs, total).compile()
         evaluate = shard(local_evaluate, (sharded, sharded)).lower(abstract_state, abstract_inputs).compile()
-        program = Program(plan, init, chunk, evaluate, _bytes_per_device(chunk))
+        program = Program(plan, init, chunk, evaluate, _bytes_per_device(chunk), abstract_state)
         self._programs[plan] = program
         return program
 
@@ -274,7 +276,7 @@ class Engine:
             if on_chunk is not None:
                 on_chunk(state)
         loss, terms, images01 = program.evaluate(state, device_inputs)
-        host = _to_host((loss, terms, images01, state.attack.step, state.tries, state.failed))
+        host = to_host((loss, terms, images01, state.attack.step, state.tries, state.failed))
         return state, WaveResult(*host)
 
     def choose_plan(self, example: AttackInputs, num_attacks: int, *, strategy: str = "auto",
@@ -345,11 +347,11 @@ def _doublings(limit: int) -> list[int]:
 
 def wave_finished(state: WaveState, iterations: int) -> bool:
     """Every attack of the wave has run `iterations` steps or failed."""
-    steps, failed = _to_host((state.attack.step, state.failed))
+    steps, failed = to_host((state.attack.step, state.failed))
     return bool(np.all((steps >= iterations) | failed))
 
 
-def _to_host(tree):
+def to_host(tree):
     """Device arrays -> numpy, gathering shards of other processes when there are several."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils

@@ -1,0 +1,43 @@
+"""A GI-PIP vs IG study on real CIFAR-10 test images, run as one batched program (`gipip-jax study`).
+
+8 targets (bs 1, unique labels) x λ_AS in {0 (IG), 1e-6, 1e-4} x 1 restart = 24 attacks; untrained
+ConvNet (seed 0), cosine + TV 1e-6 (+ AS with c from the AE checkpoint), Adam 0.1 unsigned, step
+schedule, 1,000 iterations: the issue-2 comparison, as one study. The engine picks its strategy and
+wave size by measurement (engine.strategy="auto", engine.attacks_per_device=0) and saves the plan
+in W/plan.json; results stream to W/results.jsonl; killing and rerunning the command resumes.
+
+Commands, from the repository root:
+  gipip-jax study --config experiments/configs/study_cifar10.py:smoke --workdir runs/study_smoke
+      2 targets x {IG, GI-PIP} x 50 iterations, ConvNet, sequential plan (no probing)
+  gipip-jax study --config experiments/configs/study_cifar10.py --workdir runs/study_cifar10
+      24 attacks x 1,000 iterations; ~40 min on the 2-core CPU (ConvNet ~11 attack-steps/s)
+Any field can be changed with --set, e.g. --set victim.name=resnet18 --set "grid.as_weight=[0.0, 1e-4]".
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.name = "study"
+    c.seed = 0
+    c.data = dict(name="cifar10", split="test", data_dir=None, cache_dir=None, image_size=None)
+    c.targets = dict(starts=list(range(8)), batch_size=1)
+    c.victim = dict(name="convnet", checkpoint="", init_seed=0)
+    c.prior = dict(checkpoint="experiments/checkpoints/ae_cifar10_aux5", offset=None)
+    c.attack = dict(matching="cosine", learning_rate=0.1, signed=False, iterations=1000, restarts=1, max_tries=2)
+    # Per-attack settings: every combination runs on every target. as_offset None: the AE's c.
+    c.grid = dict(tv_weight=[1e-6], as_weight=[0.0, 1e-6, 1e-4], as_offset=[None])
+    # strategy: auto | unroll | vmap | vmap_patches; attacks_per_device 0: measured.
+    c.engine = dict(strategy="auto", attacks_per_device=0, chunk_size=50, checkpoint_every=200, distributed=False)
+    c.metrics = dict(lpips_net="alexnet")
+    if arg == "smoke":
+        c.targets.starts = [0, 1]
+        c.grid.as_weight = [0.0, 1e-4]
+        c.attack.iterations = 50
+        c.engine.chunk_size = 10
+        c.engine.checkpoint_every = 20
+        c.engine.strategy, c.engine.attacks_per_device = "unroll", 1  # no probing in a smoke run
+    elif arg:
+        raise ValueError(f"unknown config argument {arg!r}; use ':smoke' or nothing")
+    return c

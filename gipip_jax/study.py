@@ -1,0 +1,282 @@
+"""Study runner: a config's grid of attacks, run in waves by the batched engine, resumable.
+
+    gipip-jax study --config experiments/configs/study_cifar10.py:smoke --workdir W
+
+A study is targets x settings x restarts. `config.grid` lists the per-attack (traced) settings,
+e.g. grid.tv_weight=[1e-6], grid.as_weight=[0, 1e-6, 1e-4], grid.as_offset=[None] (None: the AE
+checkpoint's c); every combination is attacked on every target batch, `attack.restarts` times from
+different keys. Everything else (victim, data, iterations, optimizer) is shared, so the whole study
+is one compiled program (engine.py).
+
+Work directory:
+  W/plan.json              the engine plan (strategy, attacks per device, probe table); reused on
+                           resume so a resumed study computes exactly what the first run would have
+  W/results.jsonl          one record per attack, appended when its wave finishes
+  W/state/wave_NNNNN/      orbax checkpoint of the running wave, every engine.checkpoint_every steps
+  W/reconstructions/wave_NNNNN.npz   attack ids and their [0, 1] reconstructions
+  W/grid.png               ground truth, then one row per setting (best restart of each target)
+
+Killing the process and running the same command again resumes: finished attacks (in
+results.jsonl, same config fingerprint) are skipped, a wave with a checkpoint continues from it.
+With several processes (`engine.distributed=True`, launched as in BUILD.md), every process runs the
+same waves on its devices and process 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from gipip_jax import data, engine, metrics, results
+from gipip_jax.attack import make_optimizer
+from gipip_jax.client import check_update_matches, fedsgd_update
+from gipip_jax.jobs import _prior, _victim_and_variables, config_fingerprint, load_dataset
+from gipip_jax.objectives import ObjectiveWeights, make_objective
+from gipip_jax.victims import make_victim
+
+GRID_FIELDS = ("tv_weight", "as_weight", "as_offset")
+
+
+def expand(config: ml_collections.ConfigDict, labels: np.ndarray, as_offset: float) -> list[dict]:
+    """The study's attacks in a fixed order: targets, then settings, then restarts.
+
+    Each: id, target (batch number), target_indices, setting {tv_weight, as_weight, as_offset},
+    restart, and its key data (uint32 (2,)): split(fold_in(key(seed), first index), restarts)[restart].
+    """
+    unknown = set(config.grid.keys()) - set(GRID_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown grid field(s) {sorted(unknown)}; a study grid varies {GRID_FIELDS}")
+    values = [list(config.grid.get(f) or [None if f == "as_offset" else 0.0]) for f in GRID_FIELDS]
+    settings = [dict(zip(GRID_FIELDS, combo)) for combo in itertools.product(*values)]
+    for s in settings:
+        s["as_offset"] = as_offset if s["as_offset"] is None else float(s["as_offset"])
+        if s["as_weight"] > 0 and as_offset is None:
+            raise ValueError("grid.as_weight > 0 needs the AE prior (prior.checkpoint)")
+    restarts = int(config.attack.restarts)
+    attacks = []
+    for target, start in enumerate(config.targets.starts):
+        indices = data.unique_label_batch(labels, int(start), config.targets.batch_size)
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), int(indices[0])), restarts)
+        for setting in settings:
+            for restart in range(restarts):
+                attacks.append({"id": len(attacks), "target": target, "target_indices": indices.tolist(),
+                                "setting": dict(setting), "restart": restart,
+                                "key": np.asarray(jax.random.key_data(keys[restart]))})
+    return attacks
+
+
+def attack_name(config: ml_collections.ConfigDict, setting: dict) -> str:
+    return f"{config.name}:{'gipip' if setting['as_weight'] > 0 else 'ig'}"
+
+
+class Study:
+    """Everything a study's waves need, built once from the config."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, log=print):
+        self.config, self.workdir, self.log = config, workdir, log
+        self.fingerprint = config_fingerprint(config)
+        self.target_set = load_dataset(config.data, config.data.split)
+        info = self.info = self.target_set.info
+        self.victim, self.variables, self.victim_meta = _victim_and_variables(config, info)
+        reconstruct, offset, self.prior_meta = _prior_for_grid(config)
+        self.attacks = expand(config, self.target_set.labels, offset if reconstruct else None)
+        settings = [a["setting"] for a in self.attacks]
+        build_weights = ObjectiveWeights(tv=max(s["tv_weight"] for s in settings),
+                                         anomaly=max(s["as_weight"] for s in settings), anomaly_offset=offset)
+
+        def build(conv):
+            victim = make_victim(self.victim.name, info.num_classes, info.image_shape, conv=conv)
+            return make_objective(victim, self.variables, info, matching=config.attack.matching,
+                                  weights=build_weights, reconstruct=reconstruct)
+
+        a, e = config.attack, config.engine
+        shape = (config.targets.batch_size, *info.image_shape)
+        self.engine = engine.Engine(build, make_optimizer(a.learning_rate, a.iterations, signed=a.signed),
+                                    info.bounds(), info.denormalize, shape=shape, chunk_size=e.chunk_size,
+                                    max_tries=a.max_tries)
+        self._client_updates()
+
+    def _client_updates(self):
+        """The FedSGD update of every target batch: all the attacker gets (plus labels and model)."""
+        update = jax.jit(lambda x, y: fedsgd_update(self.victim, self.variables, x, y).grads)
+        grads, labels = [], []
+        batches = {a["target"]: a["target_indices"] for a in self.attacks}
+        for indices in (batches[t] for t in range(len(batches))):
+            x01, y = self.target_set.take(np.asarray(indices))
+            g = update(self.info.normalize(x01), y)
+            check_update_matches(g, self.variables["params"])
+            grads.append(jax.tree.map(np.asarray, g))
+            labels.append(y.astype(np.int32))
+        self.target_grads = jax.tree.map(lambda *g: np.stack(g), *grads)
+        self.target_labels = np.stack(labels)
+
+    def inputs(self, ids) -> engine.AttackInputs:
+        """Host inputs of the attacks `ids` (a wave, padding included)."""
+        chosen = [self.attacks[i] for i in ids]
+        targets = np.array([a["target"] for a in chosen])
+        weights = engine.per_attack_weights(
+            len(chosen), tv=[a["setting"]["tv_weight"] for a in chosen],
+            anomaly=[a["setting"]["as_weight"] for a in chosen],
+            anomaly_offset=[a["setting"]["as_offset"] or 0.0 for a in chosen])
+        return engine.AttackInputs(jax.tree.map(lambda g: g[targets], self.target_grads), self.target_labels[targets],
+                                   weights, np.stack([a["key"] for a in chosen]))
+
+    def plan(self) -> engine.Plan:
+        """The saved plan of this study, or a measured new one (saved to W/plan.json)."""
+        path = os.path.join(self.workdir, "plan.json")
+        if os.path.exists(path):
+            saved = json.load(open(path))
+            if saved["fingerprint"] == self.fingerprint and saved["num_devices"] == self.engine.num_devices:
+                return engine.Plan(saved["strategy"], saved["attacks_per_device"], saved["num_devices"])
+        e = self.config.engine
+        self.log(f"choosing a plan for {len(self.attacks)} attacks on {self.engine.num_devices} "
+                 f"{jax.default_backend()} device(s)")
+        example = self.inputs(range(min(len(self.attacks), 2)))
+        plan, table = self.engine.choose_plan(example, len(self.attacks), strategy=e.strategy,
+                                              attacks_per_device=e.attacks_per_device, log=self.log)
+        if jax.process_index() == 0:
+            _write_json(path, {**plan._asdict(), "fingerprint": self.fingerprint, "probe": table,
+                               "backend": jax.default_backend()})
+        return plan
+
+
+def _prior_for_grid(config):
+    """The AE prior when any grid setting uses it (as jobs._prior does for one λ_AS)."""
+    weights = list(config.grid.get("as_weight") or [0.0])
+    probe = ml_collections.ConfigDict({"attack": {"as_weight": max(weights)}, "prior": config.prior})
+    return _prior(probe)
+
+
+def _write_json(path: str, value: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=float)
+    os.replace(tmp, path)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+    """Runs (or resumes) the study; returns the records this run wrote."""
+    if config.engine.get("distributed"):
+        jax.distributed.initialize()
+    os.makedirs(workdir, exist_ok=True)
+    study = Study(config, workdir)
+    plan = study.plan()
+    program = study.engine.program(plan, study.inputs([0]))
+    writer = jax.process_index() == 0
+    results_path = os.path.join(workdir, "results.jsonl")
+    done = {r["attack_id"] for r in results.read_records(results_path) if r.get("fingerprint") == study.fingerprint}
+    total, size = len(study.attacks), plan.wave_size
+    waves = [list(range(start, min(start + size, total))) for start in range(0, total, size)]
+    print(f"{total} attacks ({len(done)} already done) in {len(waves)} wave(s) of {size}: "
+          f"{plan.strategy}, {plan.attacks_per_device} per device x {plan.num_devices} device(s)")
+    records = []
+    for number, ids in enumerate(waves):
+        if all(i in done for i in ids):
+            continue
+        padded = ids + [ids[-1]] * (size - len(ids))   # padding slots repeat the last attack; never recorded
+        records += _run_wave(study, program, number, len(waves), ids, padded, done, results_path, writer)
+        done.update(ids)
+    if writer:
+        _save_grid(study, workdir)
+    return records
+
+
+def _run_wave(study, program, number, count, ids, padded, done, results_path, writer) -> list[dict]:
+    config, iterations = study.config, study.config.attack.iterations
+    path = os.path.abspath(os.path.join(study.workdir, "state", f"wave_{number:05d}"))
+    every = max(1, config.engine.checkpoint_every // config.engine.chunk_size) * config.engine.chunk_size
+    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=1))
+    state, chunks = None, manager.latest_step() or 0   # checkpoints are labelled by chunks run
+    if chunks:
+        state = manager.restore(chunks, args=ocp.args.StandardRestore(program.state_shape))
+        print(f"wave {number + 1}/{count}: resumed after {chunks} chunk(s) from {path}")
+    start, resumed, last_log = time.perf_counter(), chunks, [0.0]
+    per_save = max(1, config.engine.checkpoint_every // config.engine.chunk_size)
+
+    def on_chunk(s):
+        nonlocal chunks
+        chunks += 1
+        steps = engine.to_host(s.attack.step)
+        if chunks % per_save == 0 and not engine.wave_finished(s, iterations):
+            manager.save(chunks, args=ocp.args.StandardSave(s))
+        now = time.perf_counter()
+        if now - last_log[0] >= 10 or steps.min() >= iterations:
+            rate = len(padded) * (chunks - resumed) * config.engine.chunk_size / (now - start)
+            print(f"wave {number + 1}/{count}  step {int(steps.min())}/{iterations}  attacks done "
+                  f"{len(done)}/{len(study.attacks)}  {rate:.1f} attack-steps/s", flush=True)
+            last_log[0] = now
+
+    _, result = study.engine.run_wave(program, study.inputs(padded), iterations, state=state, on_chunk=on_chunk)
+    manager.wait_until_finished()
+    seconds = time.perf_counter() - start
+    records = []
+    if writer:
+        os.makedirs(os.path.join(study.workdir, "reconstructions"), exist_ok=True)
+        real = len(ids)
+        np.savez_compressed(os.path.join(study.workdir, "reconstructions", f"wave_{number:05d}.npz"),
+                            ids=np.asarray(ids), images01=result.images01[:real])
+        for slot, attack_id in enumerate(ids):
+            if attack_id in done:
+                continue
+            record = _record(study, attack_id, slot, result, seconds, number, len(padded))
+            results.append_record(results_path, record)
+            records.append(record)
+    manager.close()
+    if writer:
+        shutil.rmtree(path, ignore_errors=True)
+    return records
+
+
+def _record(study, attack_id, slot, result, seconds, wave, wave_size) -> dict:
+    a, config, info = study.attacks[attack_id], study.config, study.info
+    x01, labels = study.target_set.take(np.asarray(a["target_indices"]))
+    record = {"attack": attack_name(config, a["setting"]), "attack_id": attack_id, "dataset": info.name,
+              "split": config.data.split, "model": study.victim.name, "victim": study.victim_meta,
+              "target_indices": a["target_indices"], "labels": labels.tolist(), "batch_size": len(labels),
+              "iterations": config.attack.iterations, "restart": a["restart"], "restarts": config.attack.restarts,
+              "setting": a["setting"], "steps": int(result.steps[slot]), "tries": int(result.tries[slot]),
+              "wave": wave, "wave_size": wave_size, "seconds": seconds,
+              "prior": {k: study.prior_meta[k] for k in ("dataset", "aux_count", "aux_fraction", "epochs")}
+              if study.prior_meta and a["setting"]["as_weight"] > 0 else None,
+              "fingerprint": study.fingerprint, "config": config.to_dict()}
+    if result.failed[slot] or not np.isfinite(result.loss[slot]):
+        record.update(status="failed", error=f"objective NaN/Inf after {int(result.tries[slot])} restart(s)")
+        return record
+    scores = metrics.evaluate(result.images01[slot], x01, lpips_net=config.metrics.lpips_net)
+    record.update(status="ok", loss=float(result.loss[slot]),
+                  terms={k: float(v[slot]) for k, v in result.terms.items()}, per_image=scores,
+                  **{m: float(np.mean(scores[m])) for m in ("psnr", "ssim", "ssim_best_match", "mse", "lpips") if m in scores})
+    return record
+
+
+def _save_grid(study, workdir: str) -> None:
+    """Ground truth, then per setting the lowest-loss restart of every target (order matched)."""
+    finished = {r["attack_id"]: r for r in results.read_records(os.path.join(workdir, "results.jsonl"))
+                if r.get("fingerprint") == study.fingerprint and r.get("status") == "ok"}
+    folder = os.path.join(workdir, "reconstructions")
+    images = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        with np.load(os.path.join(folder, name)) as saved:
+            images.update(zip(saved["ids"].tolist(), saved["images01"]))
+    best = {}
+    for attack_id, r in finished.items():
+        key = (json.dumps(r["setting"], sort_keys=True), r["target_indices"][0])
+        if attack_id in images and (key not in best or r["loss"] < finished[best[key]]["loss"]):
+            best[key] = attack_id
+    settings = sorted({k[0] for k in best})
+    targets = sorted({tuple(a["target_indices"]) for a in study.attacks})
+    if not settings or any((s, t[0]) not in best for s in settings for t in targets):
+        return
+    truth = np.concatenate([study.target_set.take(np.asarray(t))[0] for t in targets])
+    rows = [truth]
+    for s in settings:
+        rows.append(np.concatenate([images[best[(s, t[0])]][finished[best[(s, t[0])]]["per_image"]["order"]] for t in targets]))
+    results.save_grid(os.path.join(workdir, "grid.png"), rows)
