@@ -11,7 +11,8 @@ Commands, from the repository root:
   gipip-jax attack --config experiments/configs/dlg_cifar10.py:smoke --workdir runs/dlg_smoke
       1 target, 300 iterations: ~30 s on the 2-core CPU (mostly compile)
   gipip-jax attack --config experiments/configs/dlg_cifar10.py --workdir runs/dlg_cifar10
-      8 targets x 6,000 iterations: MEASURING
+      8 targets x 6,000 iterations: 10 min wall (4.9 min CPU) on the 2-core CPU shared with other jobs
+      (measured: mean PSNR 54.2 dB, 7 of 8 >= 30 dB, labels 8/8; experiments/results/dlg_cifar10.jsonl)
 Batches: --set targets.batch_size=4 (unique labels; add --set targets.unique_labels=False for
 consecutive images, repeats possible). Labels read off the update instead (then only the image is
 optimized): --set attack.labels=idlg (bs 1) or yin / llg / bias_count (any bs); see idlg_cifar10.py.
