@@ -164,8 +164,11 @@ def _write_json(path: str, value: dict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Runs (or resumes) the study; returns the records this run wrote."""
-    if config.engine.get("distributed"):
-        jax.distributed.initialize()
+    e = config.engine
+    if e.get("distributed"):
+        # Cluster auto-detection (SLURM, Open MPI, TPU pods, ...) unless the three are given.
+        jax.distributed.initialize(e.get("coordinator") or None, e.get("num_processes") or None,
+                                   None if e.get("process_id", -1) < 0 else e.process_id)
     os.makedirs(workdir, exist_ok=True)
     study = Study(config, workdir)
     plan = study.plan()

@@ -4,7 +4,8 @@
     python -m gipip_jax.summarize runs/*/results.jsonl
 
 Rows group records by (attack, model, batch size, iterations, λ_TV, λ_AS); cells are mean ± std
-over the group's attacks (per-attack values are already means over the batch's images).
+over the group's targets (per-attack values are already means over the batch's images). Study
+records with several restarts count once per target: the restart with the lowest final objective.
 """
 
 from __future__ import annotations
@@ -21,15 +22,26 @@ METRICS = ("psnr", "ssim", "ssim_best_match", "lpips", "seconds")
 
 
 def setting(record: dict) -> tuple:
-    a = record["config"]["attack"]
+    a = record.get("setting") or record["config"]["attack"]
     return (record["attack"], record["model"], record["batch_size"], record["iterations"],
             a.get("tv_weight"), a.get("as_weight"))
+
+
+def best_restarts(records: list[dict]) -> list[dict]:
+    """One record per (setting, target): the ok restart with the lowest loss, else any failed one."""
+    best = {}
+    for r in records:
+        key = (setting(r), tuple(r["target_indices"]))
+        old = best.get(key)
+        if old is None or (r.get("status") == "ok" and (old.get("status") != "ok" or r["loss"] < old["loss"])):
+            best[key] = r
+    return list(best.values())
 
 
 def table(records: list[dict]) -> str:
     """Markdown table of mean ± std per setting (failed attacks counted, not averaged)."""
     groups = defaultdict(list)
-    for r in records:
+    for r in best_restarts(records):
         groups[setting(r)].append(r)
     header = ["attack", "model", "bs", "iterations", "λ_TV", "λ_AS", "n ok / n", *METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

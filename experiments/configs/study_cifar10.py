@@ -28,8 +28,10 @@ def get_config(arg=None):
     c.attack = dict(matching="cosine", learning_rate=0.1, signed=False, iterations=1000, restarts=1, max_tries=2)
     # Per-attack settings: every combination runs on every target. as_offset None: the AE's c.
     c.grid = dict(tv_weight=[1e-6], as_weight=[0.0, 1e-6, 1e-4], as_offset=[None])
-    # strategy: auto | unroll | vmap | vmap_patches; attacks_per_device 0: measured.
-    c.engine = dict(strategy="auto", attacks_per_device=0, chunk_size=50, checkpoint_every=200, distributed=False)
+    # strategy: auto | unroll | vmap | vmap_patches; attacks_per_device 0: measured. Multi-host:
+    # distributed=True, and coordinator/num_processes/process_id unless the cluster is auto-detected.
+    c.engine = dict(strategy="auto", attacks_per_device=0, chunk_size=50, checkpoint_every=200,
+                    distributed=False, coordinator="", num_processes=0, process_id=-1)
     c.metrics = dict(lpips_net="alexnet")
     if arg == "smoke":
         c.targets.starts = [0, 1]
