@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from gipip_jax import defenses
-from gipip_jax.client import SharedUpdate, check_update_matches, cross_entropy, make_loss_fn
+from gipip_jax.client import SharedUpdate, cross_entropy, make_loss_fn
 from gipip_jax.victims import Victim
 
 PyTree = Any
@@ -189,12 +189,17 @@ def client_update(victim: Victim, variables: dict, x: jax.Array, labels: jax.Arr
 
 def secure_aggregate(updates: Sequence[SharedUpdate]) -> SharedUpdate:
     """The sum of several clients' updates (what secure aggregation reveals); its batch_size is the
-    total. Updates must have the same tree structure and shapes."""
+    total. Updates must have the same tree structure and shapes (checked without reading values, so
+    it works under jit)."""
     if not updates:
         raise ValueError("secure aggregation needs at least one client update")
     first = updates[0].grads
-    for update in updates[1:]:
-        check_update_matches(update.grads, first)
+    shapes = jax.tree.map(jnp.shape, first)
+    for number, update in enumerate(updates[1:], 1):
+        if jax.tree.structure(update.grads) != jax.tree.structure(first) or \
+                jax.tree.map(jnp.shape, update.grads) != shapes:
+            raise ValueError(f"client update {number} does not have the tree structure and shapes of update 0; "
+                             "were all clients' updates computed on the same model?")
     total = jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *[u.grads for u in updates])
     return SharedUpdate(grads=total, batch_size=sum(u.batch_size for u in updates))
 

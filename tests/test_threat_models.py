@@ -81,7 +81,7 @@ def test_secure_aggregation_reveals_only_the_sum(setup):
     with pytest.raises(ValueError, match="at least one"):
         threat_models.secure_aggregate([])
     other = make_victim("convnet_tiny", 7, SHAPE).init(jax.random.key(0))["params"]
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="tree structure and shapes"):
         threat_models.secure_aggregate([first, client.SharedUpdate(other, 2)])
 
 
@@ -195,3 +195,21 @@ def test_bad_threat_configs_raise(setup):
         threat_models.aggregated_update(victim, variables, x, labels, clients=3, key=jax.random.key(0))
     with pytest.raises(ValueError, match="unknown threat model kind"):
         threat_models.attacker_update_fn(victim, variables, kind="fedprox")
+
+
+def test_flat_config_fields_drive_client_and_attacker_under_jit(setup):
+    victim, variables, x, labels = setup
+    threat = threat_models.check_threat_config({"kind": "fedavg", "local_steps": 2, "local_lr": 0.1, "clients": 2})
+    defense = {"prune_sparsity": 0.5, "dropout_rate": 0.25}
+    specs, settings = defenses.specs_from_config(defense), defenses.client_settings_from_config(defense)
+
+    @jax.jit
+    def shared(x, labels, key):
+        return threat_models.aggregated_update(victim, variables, x, labels, key=key, defense=specs,
+                                               **threat, **settings).grads
+
+    eager = threat_models.aggregated_update(victim, variables, x, labels, key=jax.random.key(5), defense=specs,
+                                            **threat, **settings).grads
+    close(shared(x, labels, jax.random.key(5)), eager, rtol=1e-5, atol=1e-7)
+    simulated = threat_models.attacker_update_fn(victim, variables, **threat)(variables["params"], x, labels)
+    assert jax.tree.structure(simulated) == jax.tree.structure(eager)
