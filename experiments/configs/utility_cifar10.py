@@ -10,7 +10,7 @@ Commands, from the repository root:
   python -m gipip_jax.utility --config experiments/configs/utility_cifar10.py:cpu --workdir runs/utility_cpu
       convnet_tiny, 10,000 images, 4 epochs (55-95 s a setting on the 2-core CPU, DP-SGD slowest,
       measured; undefended eval acc 0.332, noise 1e-2 0.352, prune 0.9 0.318, DP-SGD z=1 0.265), the
-      whole sweep below (30 settings; Soteria ~10x slower): about an hour
+      whole sweep below (30 settings; Soteria ~20x slower a step: a Jacobian per feature): 1-2 hours
   python -m gipip_jax.utility --config experiments/configs/utility_cifar10.py --workdir runs/utility
       ConvNet, 50,000 images, 5 epochs, the whole sweep: meant for a GPU (on the 2-core CPU an
       epoch of ConvNet takes ~13 min, so ~1 h a setting; not run there)
