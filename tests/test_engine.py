@@ -45,6 +45,12 @@ def make_engine(build, **kwargs):
                          mesh=engine.make_mesh(jax.devices()[:1]), **kwargs)
 
 
+@pytest.fixture(scope="module")
+def alone_images(study):
+    build, inputs = study
+    return [alone(build, inputs, n) for n in range(N)]
+
+
 def alone(build, inputs, n):
     """Attack n run by itself with the single-attack loop and static weights."""
     objective = build("native", ObjectiveWeights(tv=float(inputs.weights.tv[n])))
@@ -68,13 +74,13 @@ def run_all(eng, plan, inputs):
 
 
 @pytest.mark.parametrize("strategy, per_device", [("unroll", 4), ("vmap", 2), ("vmap_patches", 4)])
-def test_batched_attacks_equal_the_same_attacks_run_alone(study, strategy, per_device):
+def test_batched_attacks_equal_the_same_attacks_run_alone(study, alone_images, strategy, per_device):
     build, inputs = study
     eng = make_engine(build)
     batched = run_all(eng, engine.Plan(strategy, per_device, 1), inputs)
     for n in range(N):
         # Tolerance: vmap and patch matmuls reorder float32 sums; 12 Adam steps keep that below 1e-4.
-        np.testing.assert_allclose(batched[n], alone(build, inputs, n), atol=1e-4)
+        np.testing.assert_allclose(batched[n], alone_images[n], atol=1e-4)
     assert len(eng._programs) == 1  # every wave and chunk reused one compiled program
 
 
