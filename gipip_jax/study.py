@@ -2,11 +2,14 @@
 
     gipip-jax study --config experiments/configs/study_cifar10.py:smoke --workdir W
 
-A study is targets x settings x restarts. `config.grid` lists the per-attack (traced) settings,
-e.g. grid.tv_weight=[1e-6], grid.as_weight=[0, 1e-6, 1e-4], grid.as_offset=[None] (None: the AE
-checkpoint's c); every combination is attacked on every target batch, `attack.restarts` times from
-different keys. Everything else (victim, data, iterations, optimizer) is shared, so the whole study
-is one compiled program (engine.py).
+A study is targets x settings x restarts. `config.grid` lists per-attack settings: objective
+weights (tv_weight, as_weight, as_offset — None: the AE checkpoint's c — and bn_weight), which are
+traced values of the one compiled program, and defense settings (`defenses.DEFENSE_DEFAULTS`
+fields, e.g. noise_std, prune_sparsity, clip_norm, dp_clip_norm), which change only the client's
+shared update. Every combination is attacked on every target batch, `attack.restarts` times from
+different keys. The threat model (`config.threat`: FedSGD or FedAvg local steps, clients in the
+secure aggregate) is one per study, since the attacker's simulation of it is part of the program;
+labels are given or recovered from each shared update (`attack.labels`, see labels.py).
 
 Work directory:
   W/plan.json              the engine plan (strategy, attacks per device, probe table); reused on
@@ -35,28 +38,32 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gipip_jax import data, engine, metrics, results
+from gipip_jax import data, defenses, engine, metrics, results, threat_models
+from gipip_jax import labels as label_lib
 from gipip_jax.attack import make_optimizer
-from gipip_jax.client import check_update_matches, fedsgd_update
+from gipip_jax.client import check_update_matches
 from gipip_jax.jobs import _prior, _victim_and_variables, config_fingerprint, load_dataset
 from gipip_jax.objectives import ObjectiveWeights, make_objective
 from gipip_jax.victims import make_victim
 
-GRID_FIELDS = ("tv_weight", "as_weight", "as_offset")
+WEIGHT_FIELDS = ("tv_weight", "as_weight", "as_offset", "bn_weight")
+GRID_FIELDS = WEIGHT_FIELDS + tuple(defenses.DEFENSE_DEFAULTS)
+GRID_DEFAULTS = {"tv_weight": 0.0, "as_weight": 0.0, "as_offset": None, "bn_weight": 0.0, **defenses.DEFENSE_DEFAULTS}
 
 
 def expand(config: ml_collections.ConfigDict, labels: np.ndarray, as_offset: float) -> list[dict]:
     """The study's attacks in a fixed order: targets, then settings, then restarts.
 
-    Each: id, target (batch number), target_indices, setting {tv_weight, as_weight, as_offset},
-    restart, and its key data (uint32 (2,)): split(fold_in(key(seed), first index), restarts)[restart].
+    Each: id, target (batch number), target_indices, setting {every GRID_FIELDS value}, restart,
+    and its key data (uint32 (2,)): split(fold_in(key(seed), first index), restarts)[restart].
     """
     unknown = set(config.grid.keys()) - set(GRID_FIELDS)
     if unknown:
         raise ValueError(f"unknown grid field(s) {sorted(unknown)}; a study grid varies {GRID_FIELDS}")
-    values = [list(config.grid.get(f) or [None if f == "as_offset" else 0.0]) for f in GRID_FIELDS]
+    values = [list(config.grid.get(f) or [GRID_DEFAULTS[f]]) for f in GRID_FIELDS]
     settings = [dict(zip(GRID_FIELDS, combo)) for combo in itertools.product(*values)]
     for s in settings:
+        defenses.check_defense_config(defense_of(s))
         s["as_offset"] = as_offset if s["as_offset"] is None else float(s["as_offset"])
         if s["as_weight"] > 0 and as_offset is None:
             raise ValueError("grid.as_weight > 0 needs the AE prior (prior.checkpoint)")
@@ -77,6 +84,17 @@ def attack_name(config: ml_collections.ConfigDict, setting: dict) -> str:
     return f"{config.name}:{'gipip' if setting['as_weight'] > 0 else 'ig'}"
 
 
+def setting_label(setting: dict) -> str:
+    """The setting's fields other than λ_TV, λ_AS and c that differ from their defaults, e.g. "noise_std=0.01"."""
+    return ", ".join(f"{f}={setting[f]}" for f in GRID_FIELDS
+                     if f not in ("tv_weight", "as_weight", "as_offset") and setting[f] != GRID_DEFAULTS[f])
+
+
+def defense_of(setting: dict) -> dict:
+    """The defense part of a setting (DEFENSE_DEFAULTS fields)."""
+    return {f: setting[f] for f in defenses.DEFENSE_DEFAULTS}
+
+
 class Study:
     """Everything a study's waves need, built once from the config."""
 
@@ -90,12 +108,18 @@ class Study:
         self.attacks = expand(config, self.target_set.labels, offset if reconstruct else None)
         settings = [a["setting"] for a in self.attacks]
         build_weights = ObjectiveWeights(tv=max(s["tv_weight"] for s in settings),
-                                         anomaly=max(s["as_weight"] for s in settings), anomaly_offset=offset)
+                                         anomaly=max(s["as_weight"] for s in settings), anomaly_offset=offset,
+                                         bn_stats=max(s["bn_weight"] for s in settings))
+        self.threat = threat_models.check_threat_config(dict(config.get("threat") or {}))
+        self.label_source = config.attack.get("labels", "given")
+        if self.label_source not in ("given", *label_lib.STRATEGIES):
+            raise ValueError(f"unknown attack.labels {self.label_source!r}; choose given or one of {label_lib.STRATEGIES}")
 
         def build(conv):
             victim = make_victim(self.victim.name, info.num_classes, info.image_shape, conv=conv)
             return make_objective(victim, self.variables, info, matching=config.attack.matching,
-                                  weights=build_weights, reconstruct=reconstruct)
+                                  weights=build_weights, reconstruct=reconstruct,
+                                  update_fn=threat_models.attacker_update_fn(victim, self.variables, **self.threat))
 
         a, e = config.attack, config.engine
         shape = (config.targets.batch_size, *info.image_shape)
@@ -105,28 +129,39 @@ class Study:
         self._client_updates()
 
     def _client_updates(self):
-        """The FedSGD update of every target batch: all the attacker gets (plus labels and model)."""
-        update = jax.jit(lambda x, y: fedsgd_update(self.victim, self.variables, x, y).grads)
-        grads, labels = [], []
-        batches = {a["target"]: a["target_indices"] for a in self.attacks}
-        for indices in (batches[t] for t in range(len(batches))):
-            x01, y = self.target_set.take(np.asarray(indices))
-            g = update(self.info.normalize(x01), y)
-            check_update_matches(g, self.variables["params"])
-            grads.append(jax.tree.map(np.asarray, g))
-            labels.append(y.astype(np.int32))
+        """The shared update of every (target batch, defense setting): all the attacker gets besides
+        the model, and the labels it attacks with (given, or recovered from that update)."""
+        updates = {}
+        for a in self.attacks:
+            a["update"] = updates.setdefault((a["target"], json.dumps(defense_of(a["setting"]), sort_keys=True)),
+                                             (len(updates), a))[0]
+        grads, attack_labels = [], []
+        for number, (_, first) in enumerate(updates.values()):
+            x01, y = self.target_set.take(np.asarray(first["target_indices"]))
+            defense = defense_of(first["setting"])
+            key = jax.random.fold_in(jax.random.key(self.config.seed + 1), number)
+            update = threat_models.aggregated_update(
+                self.victim, self.variables, self.info.normalize(x01), y, key=key,
+                defense=defenses.specs_from_config(defense), **self.threat, **defenses.client_settings_from_config(defense))
+            check_update_matches(update.grads, self.variables["params"])
+            if self.label_source != "given":
+                y = label_lib.recover(self.label_source, update.grads, len(y), self.victim, self.variables,
+                                      jax.random.fold_in(key, 1))
+            grads.append(jax.tree.map(np.asarray, update.grads))
+            attack_labels.append(np.asarray(y, np.int32))
         self.target_grads = jax.tree.map(lambda *g: np.stack(g), *grads)
-        self.target_labels = np.stack(labels)
+        self.attack_labels = np.stack(attack_labels)
 
     def inputs(self, ids) -> engine.AttackInputs:
         """Host inputs of the attacks `ids` (a wave, padding included)."""
         chosen = [self.attacks[i] for i in ids]
-        targets = np.array([a["target"] for a in chosen])
+        updates = np.array([a["update"] for a in chosen])
         weights = engine.per_attack_weights(
             len(chosen), tv=[a["setting"]["tv_weight"] for a in chosen],
             anomaly=[a["setting"]["as_weight"] for a in chosen],
-            anomaly_offset=[a["setting"]["as_offset"] or 0.0 for a in chosen])
-        return engine.AttackInputs(jax.tree.map(lambda g: g[targets], self.target_grads), self.target_labels[targets],
+            anomaly_offset=[a["setting"]["as_offset"] or 0.0 for a in chosen],
+            bn_stats=[a["setting"]["bn_weight"] for a in chosen])
+        return engine.AttackInputs(jax.tree.map(lambda g: g[updates], self.target_grads), self.attack_labels[updates],
                                    weights, np.stack([a["key"] for a in chosen]))
 
     def plan(self) -> engine.Plan:
@@ -245,7 +280,10 @@ def _record(study, attack_id, slot, result, seconds, wave, wave_size) -> dict:
               "split": config.data.split, "model": study.victim.name, "victim": study.victim_meta,
               "target_indices": a["target_indices"], "labels": labels.tolist(), "batch_size": len(labels),
               "iterations": config.attack.iterations, "restart": a["restart"], "restarts": config.attack.restarts,
-              "setting": a["setting"], "steps": int(result.steps[slot]), "tries": int(result.tries[slot]),
+              "setting": a["setting"], "setting_label": setting_label(a["setting"]), "threat": study.threat, "steps": int(result.steps[slot]),
+              "tries": int(result.tries[slot]), "label_source": study.label_source,
+              "recovered_labels": study.attack_labels[a["update"]].tolist(),
+              "label_accuracy": label_lib.accuracy(study.attack_labels[a["update"]], labels),
               "wave": wave, "wave_size": wave_size, "seconds": seconds,
               "prior": {k: study.prior_meta[k] for k in ("dataset", "aux_count", "aux_fraction", "epochs")}
               if study.prior_meta and a["setting"]["as_weight"] > 0 else None,

@@ -3,7 +3,8 @@
     gipip-jax summarize runs/*/results.jsonl
     python -m gipip_jax.summarize runs/*/results.jsonl
 
-Rows group records by (attack, model, batch size, iterations, λ_TV, λ_AS); cells are mean ± std
+Rows group records by (attack, model, batch size, iterations, λ_TV, λ_AS, other settings such as
+a defense's, from a study record's `setting_label`); cells are mean ± std
 over the group's targets (per-attack values are already means over the batch's images). Study
 records with several restarts count once per target: the restart with the lowest final objective.
 """
@@ -18,13 +19,13 @@ import numpy as np
 
 from gipip_jax.results import read_records
 
-METRICS = ("psnr", "ssim", "ssim_best_match", "lpips", "seconds")
+METRICS = ("psnr", "ssim", "ssim_best_match", "lpips", "label_accuracy", "seconds")
 
 
 def setting(record: dict) -> tuple:
     a = record.get("setting") or record["config"]["attack"]
     return (record["attack"], record["model"], record["batch_size"], record["iterations"],
-            a.get("tv_weight"), a.get("as_weight"))
+            a.get("tv_weight"), a.get("as_weight"), record.get("setting_label", ""))
 
 
 def best_restarts(records: list[dict]) -> list[dict]:
@@ -43,7 +44,7 @@ def table(records: list[dict]) -> str:
     groups = defaultdict(list)
     for r in best_restarts(records):
         groups[setting(r)].append(r)
-    header = ["attack", "model", "bs", "iterations", "λ_TV", "λ_AS", "n ok / n", *METRICS]
+    header = ["attack", "model", "bs", "iterations", "λ_TV", "λ_AS", "other settings", "n ok / n", *METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, group in groups.items():
         ok = [r for r in group if r.get("status") == "ok"]

@@ -18,7 +18,8 @@ CONFIG = str(pathlib.Path(__file__).parent.parent / "experiments" / "configs" / 
 def overrides(fixtures_dir, cache):
     return [f"--set=data.name=folder:{fixtures_dir / 'tiny_folder'}", f"--set=data.cache_dir={cache}",
             "--set=data.split=test", "--set=targets.starts=[0, 2]", "--set=victim.name=convnet_tiny",
-            "--set=grid.as_weight=[0.0]", "--set=grid.tv_weight=[1e-6, 1e-2]", "--set=attack.iterations=30",
+            "--set=grid.as_weight=[0.0]", "--set=grid.noise_std=[0.0, 1e-2]", "--set=attack.labels=idlg",
+            "--set=attack.iterations=30",
             "--set=engine.strategy=unroll", "--set=engine.attacks_per_device=2", "--set=engine.chunk_size=5",
             "--set=engine.checkpoint_every=5", "--set=metrics.lpips_net=None"]
 
@@ -43,8 +44,9 @@ def uninterrupted(fixtures_dir, tmp_path_factory):
 def test_study_writes_one_record_per_attack_and_a_grid(uninterrupted):
     workdir, _ = uninterrupted
     rs = records(workdir)
-    assert [r["attack_id"] for r in rs] == [0, 1, 2, 3]            # 2 targets x 2 TV weights, no padding records
-    assert {r["setting"]["tv_weight"] for r in rs} == {1e-6, 1e-2}
+    assert [r["attack_id"] for r in rs] == [0, 1, 2, 3]            # 2 targets x 2 noise levels, no padding records
+    assert [r["setting_label"] for r in rs] == ["", "noise_std=0.01"] * 2
+    assert all(r["label_source"] == "idlg" and r["label_accuracy"] == 1.0 for r in rs)
     assert all(r["status"] == "ok" and r["steps"] == 30 and 0 < r["psnr"] < 100 for r in rs)
     assert json.load(open(workdir / "plan.json"))["strategy"] == "unroll"
     assert os.path.getsize(workdir / "grid.png") > 0 and not any((workdir / "state").iterdir())

@@ -11,10 +11,15 @@ Commands, from the repository root:
       2 targets x {IG, GI-PIP} x 50 iterations, ConvNet, sequential plan (no probing)
   gipip-jax study --config experiments/configs/study_cifar10.py --workdir runs/study_cifar10
       24 attacks x 1,000 iterations; ~40 min on the 2-core CPU (ConvNet ~11 attack-steps/s)
-Any field can be changed with --set, e.g. --set victim.name=resnet18 --set "grid.as_weight=[0.0, 1e-4]".
+Any field can be changed with --set, e.g. --set victim.name=resnet18 --set "grid.as_weight=[0.0, 1e-4]"
+--set "grid.noise_std=[0, 1e-3, 1e-2]" --set "grid.prune_sparsity=[0, 0.9, 0.99]" --set threat.kind=fedavg
+--set threat.local_steps=5 --set attack.labels=llg.
 """
 
 import ml_collections
+
+from gipip_jax.defenses import DEFENSE_DEFAULTS
+from gipip_jax.threat_models import THREAT_DEFAULTS
 
 
 def get_config(arg=None):
@@ -25,9 +30,15 @@ def get_config(arg=None):
     c.targets = dict(starts=list(range(8)), batch_size=1)
     c.victim = dict(name="convnet", checkpoint="", init_seed=0)
     c.prior = dict(checkpoint="experiments/checkpoints/ae_cifar10_aux5", offset=None)
-    c.attack = dict(matching="cosine", learning_rate=0.1, signed=False, iterations=1000, restarts=1, max_tries=2)
-    # Per-attack settings: every combination runs on every target. as_offset None: the AE's c.
-    c.grid = dict(tv_weight=[1e-6], as_weight=[0.0, 1e-6, 1e-4], as_offset=[None])
+    # labels: "given", or recovered from each shared update: idlg | yin | llg | bias_count.
+    c.attack = dict(matching="cosine", learning_rate=0.1, signed=False, iterations=1000, restarts=1, max_tries=2,
+                    labels="given")
+    # One threat model per study: fedsgd | fedavg (local_steps, local_lr, local_batch_size), clients summed.
+    c.threat = dict(THREAT_DEFAULTS)
+    # Per-attack settings, each a list: every combination runs on every target. Objective weights
+    # (as_offset None: the AE's c) and the defense on the client's update (0: off).
+    c.grid = dict(tv_weight=[1e-6], as_weight=[0.0, 1e-6, 1e-4], as_offset=[None], bn_weight=[0.0],
+                  **{field: [value] for field, value in DEFENSE_DEFAULTS.items()})
     # strategy: auto | unroll | vmap | vmap_patches; attacks_per_device 0: measured. Multi-host:
     # distributed=True, and coordinator/num_processes/process_id unless the cluster is auto-detected.
     c.engine = dict(strategy="auto", attacks_per_device=0, chunk_size=50, checkpoint_every=200,
