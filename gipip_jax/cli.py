@@ -4,6 +4,7 @@
     gipip-jax study        --config experiments/configs/study_cifar10.py:smoke --workdir W
     gipip-jax train-ae     --config experiments/configs/ae_cifar10.py --workdir W
     gipip-jax train-victim --config experiments/configs/victim_cifar10.py:smoke --workdir W
+    gipip-jax utility      --config experiments/configs/utility_cifar10.py:smoke --workdir W
     gipip-jax summarize    W/results.jsonl [...]
 
 A config file defines `get_config(arg=None) -> ml_collections.ConfigDict`; `PATH:ARG` passes
@@ -21,7 +22,7 @@ import sys
 
 import ml_collections
 
-COMMANDS = ("attack", "study", "train-ae", "train-victim")
+COMMANDS = ("attack", "study", "train-ae", "train-victim", "utility")
 
 
 class ConfigError(ValueError):
@@ -99,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         for assignment in args.set:
             apply_override(config, assignment)
-        from gipip_jax import study
+        from gipip_jax import study, utility
 
         job = {"attack": jobs.attack, "study": study.run, "train-ae": jobs.train_ae,
-               "train-victim": jobs.train_victim}[args.command]
+               "train-victim": jobs.train_victim, "utility": utility.run}[args.command]
         job(config, args.workdir)
     except expected as error:
         print(f"gipip-jax: error: {error}", file=sys.stderr)

@@ -13,16 +13,14 @@ Results are cached in WORKDIR/utility.json, a JSON object mapping `setting_key(.
 JSON of data, victim, training recipe and the full defense setting) to its record, so a sweep
 skips settings already measured.
 
-    python -m gipip_jax.utility --config experiments/configs/utility_cifar10.py:smoke --workdir W
+    gipip-jax utility --config experiments/configs/utility_cifar10.py:smoke --workdir W
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
-import sys
 import tempfile
 from collections.abc import Mapping
 
@@ -141,27 +139,3 @@ def table(records: list[dict]) -> str:
         eps = "" if r.get("dp_epsilon") is None else f"{r['dp_epsilon']:.3g} (δ={r['dp_delta']:g})"
         lines.append(f"| {changed or 'none'} | {r['eval_acc']:.4f} | {drop} | {eps} |")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m gipip_jax.utility --config CONFIG.py[:ARG] --workdir W [--set key=value ...]`."""
-    from gipip_jax import cli, data
-
-    parser = argparse.ArgumentParser(prog="python -m gipip_jax.utility", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    try:
-        config = cli.load_config(args.config)
-        for assignment in args.set:
-            cli.apply_override(config, assignment)
-        run(config, args.workdir)
-    except (cli.ConfigError, data.DataError, ValueError, FileNotFoundError) as error:
-        print(f"gipip-jax utility: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,14 +4,14 @@ Results are cached in WORKDIR/utility.json by setting, so a rerun or a longer li
 new settings. Each setting is a dict of flat defense fields (gipip_jax.defenses.DEFENSE_DEFAULTS).
 
 Commands, from the repository root:
-  python -m gipip_jax.utility --config experiments/configs/utility_cifar10.py:smoke --workdir runs/utility_smoke
+  gipip-jax utility --config experiments/configs/utility_cifar10.py:smoke --workdir runs/utility_smoke
       convnet_tiny, 2,000 images, 2 epochs, 4 settings: 2.3 min on the 2-core CPU (measured); a
       mechanism check only: 62 steps leave the victim near chance (eval acc 0.10-0.12)
-  python -m gipip_jax.utility --config experiments/configs/utility_cifar10.py:cpu --workdir runs/utility_cpu
+  gipip-jax utility --config experiments/configs/utility_cifar10.py:cpu --workdir runs/utility_cpu
       convnet_tiny, 10,000 images, 4 epochs (55-95 s a setting on the 2-core CPU, DP-SGD slowest,
       measured; undefended eval acc 0.332, noise 1e-2 0.352, prune 0.9 0.318, DP-SGD z=1 0.265), the
       whole sweep below (30 settings; Soteria ~20x slower a step: a Jacobian per feature): 1-2 hours
-  python -m gipip_jax.utility --config experiments/configs/utility_cifar10.py --workdir runs/utility
+  gipip-jax utility --config experiments/configs/utility_cifar10.py --workdir runs/utility
       ConvNet, 50,000 images, 5 epochs, the whole sweep: meant for a GPU (on the 2-core CPU an
       epoch of ConvNet takes ~13 min, so ~1 h a setting; not run there)
 Run a part of a sweep with e.g. --set "settings=[{}, {'noise_std': 0.01}]".
