@@ -172,6 +172,9 @@ class Study:
             if saved["fingerprint"] == self.fingerprint and saved["num_devices"] == self.engine.num_devices:
                 return engine.Plan(saved["strategy"], saved["attacks_per_device"], saved["num_devices"])
         e = self.config.engine
+        if jax.process_count() > 1 and (e.strategy == "auto" or not e.attacks_per_device):
+            raise ValueError("a multi-process study needs engine.strategy and engine.attacks_per_device set: "
+                             "measuring a plan per process could give the processes different programs")
         self.log(f"choosing a plan for {len(self.attacks)} attacks on {self.engine.num_devices} "
                  f"{jax.default_backend()} device(s)")
         example = self.inputs(range(min(len(self.attacks), 2)))
