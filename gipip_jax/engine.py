@@ -287,7 +287,8 @@ class Engine:
         strategy "auto" tries "unroll" and "vmap_patches" on CPU, "vmap" and "vmap_patches" on
         accelerators; attacks_per_device 0 doubles from 1 until throughput stops improving by 5 %,
         the study has no more attacks to fill a wave, or XLA's memory analysis says the next size
-        would not fit in MEMORY_FRACTION of a device's free memory. A single candidate is not probed.
+        would not fit in MEMORY_FRACTION of a device's free memory. A single candidate is compiled
+        and checked against memory, not timed.
         """
         if strategy == "auto":
             strategies = ["unroll", "vmap_patches"] if jax.default_backend() == "cpu" else ["vmap", "vmap_patches"]
@@ -297,9 +298,14 @@ class Engine:
             raise ValueError(f"unknown engine strategy {strategy!r}; choose auto or one of {', '.join(STRATEGIES)}")
         devices = self.num_devices
         useful = max(1, math.ceil(num_attacks / devices))
-        if attacks_per_device and len(strategies) == 1:
-            return Plan(strategies[0], attacks_per_device, devices), []
         free = _free_bytes_per_device(self.mesh)
+        if attacks_per_device and len(strategies) == 1:
+            plan = Plan(strategies[0], attacks_per_device, devices)
+            needed = self.program(plan, example).bytes_per_device
+            if needed > MEMORY_FRACTION * free:
+                raise ValueError(f"{attacks_per_device} attacks per device need {needed / 2**30:.2f} GiB per device, "
+                                 f"{free / 2**30:.2f} GiB is free: lower engine.attacks_per_device (0: measured)")
+            return plan, []
         table, best = [], None
         for name in strategies:
             sizes = [attacks_per_device] if attacks_per_device else _doublings(useful)
@@ -324,7 +330,7 @@ class Engine:
                     break
                 best_here = max(best_here, rate)
         if best is None:
-            raise MemoryError(f"not even one attack per device fits in {free / 2**30:.2f} GiB of device memory")
+            raise ValueError(f"not even one attack per device fits in {free / 2**30:.2f} GiB of free device memory")
         return best[0], table
 
     def _probe(self, program: Program, example: AttackInputs, steps: int) -> float:

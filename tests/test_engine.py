@@ -130,7 +130,7 @@ def test_transient_nan_restarts_from_a_fresh_key():
     assert np.all(np.isfinite(result.loss))
 
 
-def test_choose_plan_measures_and_respects_explicit_settings(study):
+def test_choose_plan_measures_and_respects_explicit_settings(study, monkeypatch):
     build, inputs = study
     eng = make_engine(build)
     plan, table = eng.choose_plan(inputs, N, strategy="unroll", attacks_per_device=3)
@@ -140,3 +140,6 @@ def test_choose_plan_measures_and_respects_explicit_settings(study):
     assert all(row["attack_steps_per_s"] > 0 and row["bytes_per_device"] > 0 for row in table)
     with pytest.raises(ValueError, match="unknown engine strategy"):
         eng.choose_plan(inputs, N, strategy="pmap")
+    monkeypatch.setattr(engine, "_free_bytes_per_device", lambda mesh: 1024.0)   # a device with 1 KiB free
+    with pytest.raises(ValueError, match="attacks_per_device"):
+        eng.choose_plan(inputs, N, strategy="unroll", attacks_per_device=2)
