@@ -10,7 +10,8 @@ Commands, from the repository root:
   gipip-jax study --config experiments/configs/study_cifar10.py:smoke --workdir runs/study_smoke
       2 targets x {IG, GI-PIP} x 50 iterations, ConvNet, sequential plan (no probing)
   gipip-jax study --config experiments/configs/study_cifar10.py --workdir runs/study_cifar10
-      24 attacks x 1,000 iterations; ~40 min on the 2-core CPU (ConvNet ~11 attack-steps/s)
+      24 attacks x 1,000 iterations: ~11 min on the 2-core CPU at the measured 38 attack-steps/s
+      (with --set attack.iterations=200 it took 2 min 56 s, plan probe included; BENCHMARKS.md)
 Any field can be changed with --set, e.g. --set victim.name=resnet18 --set "grid.as_weight=[0.0, 1e-4]"
 --set "grid.noise_std=[0, 1e-3, 1e-2]" --set "grid.prune_sparsity=[0, 0.9, 0.99]" --set threat.kind=fedavg
 --set threat.local_steps=5 --set attack.labels=llg.
