@@ -237,8 +237,16 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
     manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=1))
     state, chunks = None, manager.latest_step() or 0   # checkpoints are labelled by chunks run
     if chunks:
-        state = manager.restore(chunks, args=ocp.args.StandardRestore(program.state_shape))
-        print(f"wave {number + 1}/{count}: resumed after {chunks} chunk(s) from {path}")
+        try:
+            state = manager.restore(chunks, args=ocp.args.StandardRestore(program.state_shape))
+            print(f"wave {number + 1}/{count}: resumed after {chunks} chunk(s) from {path}")
+        except Exception as error:  # torn, corrupt or from another plan: only this wave's progress is lost
+            print(f"wave {number + 1}/{count}: checkpoint {path} is unreadable ({type(error).__name__}); "
+                  "the wave starts over")
+            manager.close()
+            shutil.rmtree(path)
+            manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=1))
+            state, chunks = None, 0
     start, resumed, last_log = time.perf_counter(), chunks, [0.0]
     per_save = max(1, config.engine.checkpoint_every // config.engine.chunk_size)
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from gipip_jax import cli
@@ -69,6 +71,15 @@ def test_killed_study_resumes_to_the_same_numbers(uninterrupted, tmp_path):
     assert [r["attack_id"] for r in resumed] == [0, 1, 2, 3]
     for r, e in zip(resumed, expected):
         assert (r["loss"], r["psnr"], r["ssim"]) == (e["loss"], e["psnr"], e["ssim"])   # bit for bit on CPU
+
+
+def test_unreadable_wave_checkpoint_restarts_that_wave(uninterrupted, tmp_path, capsys):
+    reference, args = uninterrupted
+    with ocp.CheckpointManager(tmp_path / "state" / "wave_00000") as manager:   # a checkpoint of something else
+        manager.save(3, args=ocp.args.StandardSave({"x": np.zeros(3)}))
+    assert cli.main(study(tmp_path, args)) == 0
+    assert "unreadable" in capsys.readouterr().out
+    assert [(r["loss"], r["psnr"]) for r in records(tmp_path)] == [(r["loss"], r["psnr"]) for r in records(reference)]
 
 
 def test_unknown_grid_field_is_one_clear_error(fixtures_dir, tmp_path, capsys):
