@@ -60,17 +60,8 @@ def time_plan(eng: engine.Engine, plan: engine.Plan, inputs, steps: int) -> dict
     start = time.perf_counter()
     program = eng.program(plan, inputs)
     compile_s = time.perf_counter() - start
-    wave = eng.put(engine.wave_inputs(inputs, np.arange(plan.wave_size) % len(inputs.labels)))
-    total = jax.numpy.asarray(steps, jax.numpy.int32)
-    jax.block_until_ready(program.chunk(program.init(wave), wave, total))
-    best = np.inf
-    for _ in range(2):
-        state = program.init(wave)
-        jax.block_until_ready(state)
-        start = time.perf_counter()
-        jax.block_until_ready(program.chunk(state, wave, total))
-        best = min(best, time.perf_counter() - start)
-    return {"compile_s": compile_s, "step_s": best / steps, "xla_peak_mib": program.bytes_per_device / 2**20}
+    rate = eng.measure(program, inputs, steps, repeats=2)
+    return {"compile_s": compile_s, "step_s": plan.wave_size / rate, "xla_peak_mib": program.bytes_per_device / 2**20}
 
 
 def main() -> None:
