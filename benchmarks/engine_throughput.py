@@ -11,15 +11,18 @@ AE, Adam, box projection) as the engine runs it:
 Reported per row: compile time (s), steady-state seconds per step of the N attacks, attack-steps/s,
 XLA's peak-memory estimate for the program (MiB) and the process's peak RSS so far (MiB).
 Real target updates: FedSGD gradients of the first N CIFAR-10 test images (unique labels not needed).
+`setup` and `time_plan` are shared with benchmarks/step_benchmark.py (JAX vs the PyTorch reference).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
 import time
+from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -33,26 +36,58 @@ from gipip_jax.victims import make_victim
 AE = "experiments/checkpoints/ae_cifar10_aux5"
 
 
-def setup(model: str, count: int):
+class Workload(NamedTuple):
+    """One benchmark workload: `count` attacks on a victim at one image size and batch size.
+
+    x01: (count, batch, H, W, C) target images in [0, 1]; labels: int32 (count, batch);
+    inputs: the engine's AttackInputs (FedSGD updates of those targets); build(conv) -> objective.
+    """
+
+    info: data.DatasetInfo
+    variables: dict
+    autoencoder: tuple
+    weights: ObjectiveWeights
+    x01: np.ndarray
+    labels: np.ndarray
+    inputs: engine.AttackInputs
+    build: Callable
+
+
+# GI-PIP's weights (DESIGN.md): bs 1: TV 1e-6, AS 1e-6; bs 4 CIFAR: TV 1e-5, AS 1e-4; bs 4 at 64 px: TV 5e-4.
+def reference_weights(batch: int, side: int) -> dict:
+    if batch == 1:
+        return {"tv": 1e-6, "anomaly": 1e-6}
+    return {"tv": 1e-5 if side <= 32 else 5e-4, "anomaly": 1e-4}
+
+
+def setup(model: str, count: int, side: int = 32, batch: int = 1) -> Workload:
+    """Attack i targets CIFAR-10 test images i*batch ... (i+1)*batch - 1 (bilinearly resized to
+    `side` px when side != 32), untrained victim (seed 0), the shipped AE prior."""
     test = data.load("cifar10", "test")
     info = test.info
+    x01, labels = test.take(np.arange(count * batch))
+    if side != info.image_shape[0]:
+        info = dataclasses.replace(info, image_shape=(side, side, info.image_shape[2]))
+        x01 = np.asarray(jax.image.resize(x01, (len(x01), *info.image_shape), "bilinear")).clip(0, 1)
+    x01 = x01.reshape(count, batch, *info.image_shape).astype(np.float32)
+    labels = labels.reshape(count, batch).astype(np.int32)
     victim = make_victim(model, info.num_classes, info.image_shape)
     variables = victim.init(jax.random.key(0))
     module, ae_params, meta = checkpoints.load_autoencoder(resolve_path(AE))
-    x01, labels = test.take(np.arange(count))
+    weights = ObjectiveWeights(**reference_weights(batch, side), anomaly_offset=meta["as_offset"])
     grad = jax.jit(lambda x, y: victim_gradient(victim, variables, info.normalize(x), y))
-    grads = [grad(x01[i:i + 1], labels[i:i + 1]) for i in range(count)]
+    grads = [grad(x01[i], labels[i]) for i in range(count)]
     inputs = engine.AttackInputs(
-        jax.tree.map(lambda *g: np.stack([np.asarray(v) for v in g]), *grads), labels[:, None].astype(np.int32),
-        engine.per_attack_weights(count, tv=1e-6, anomaly=1e-6, anomaly_offset=meta["as_offset"]),
+        jax.tree.map(lambda *g: np.stack([np.asarray(v) for v in g]), *grads), labels,
+        engine.per_attack_weights(count, **weights._asdict()),
         np.asarray(jax.vmap(jax.random.key_data)(jax.random.split(jax.random.key(1), count))))
 
     def build(conv):
         v = make_victim(model, info.num_classes, info.image_shape, conv=conv)
-        return make_objective(v, variables, info, weights=ObjectiveWeights(tv=1e-6, anomaly=1e-6, anomaly_offset=meta["as_offset"]),
+        return make_objective(v, variables, info, weights=weights,
                               reconstruct=lambda x: module.apply({"params": ae_params}, x))
 
-    return info, build, inputs
+    return Workload(info, variables, (module, ae_params), weights, x01, labels, inputs, build)
 
 
 def time_plan(eng: engine.Engine, plan: engine.Plan, inputs, steps: int) -> dict:
@@ -75,8 +110,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for model in args.models:
-        info, build, inputs = setup(model, max(args.attacks))
-        eng = engine.Engine(build, attack.make_optimizer(0.1, 10_000, signed=False), info.bounds(), info.denormalize,
+        work = setup(model, max(args.attacks))
+        info, inputs = work.info, work.inputs
+        eng = engine.Engine(work.build, attack.make_optimizer(0.1, 10_000, signed=False), info.bounds(), info.denormalize,
                             shape=(1, *info.image_shape), chunk_size=args.steps, mesh=engine.make_mesh(jax.devices()[:1]))
         single = time_plan(eng, engine.Plan("unroll", 1, 1), inputs, args.steps)
         for n in args.attacks:

@@ -1,0 +1,248 @@
+"""The GI-PIP attack step in gipip_jax vs the PyTorch reference, on the same work, in one run.
+
+    python benchmarks/step_benchmark.py --out benchmarks/results/step_cpu.json          # CPU table
+    python benchmarks/step_benchmark.py --models convnet --sides 32 --batches 1 --attacks 1 8
+
+For every (victim, image side, batch size): untrained victim (seed 0), real CIFAR-10 test targets
+(bilinearly resized for 64 px), the shipped AE prior, GI-PIP's weights for that batch size. Before
+any timing it asserts that gipip_jax's objective (native and patch-gradient convs) and the PyTorch
+reference (benchmarks/torch_reference.py, weights ported through NumPy) give the same objective
+value and pixel gradient on the same inputs (relative difference < --tolerance).
+
+Rows (one per mode; the PyTorch and JAX timings of a workload are taken interleaved, so both see
+the same machine load; every timing is the best of two after a warm-up):
+- torch:            the PyTorch reference, one attack step after another (autograd.grad with
+                    create_graph=True, Adam, MultiStepLR, box clamp): how the PyTorch suites run.
+                    N attacks one after another cost N times this (the "sequential" baseline).
+- job_native / job_patch_grad: the single-attack path of `gipip-jax attack`
+                    (`attack.make_attack` + `make_chunk_runner`, a jitted lax.scan chunk) with the
+                    victim's native convolutions / patch-gradient convolutions.
+- engine_vmap_patches xN: the batched engine (`engine.Engine`, strategy vmap_patches, N attacks in
+                    one program), timed with `Engine.measure` (shared with engine_throughput.py).
+Per row: compile (s; torch: its first step), ms per step of all N attacks, attack-steps/s, the
+ratio to the PyTorch sequential loop of the same N attacks, XLA's FLOP count of one attack step
+(`compiled.cost_analysis()["flops"]` of the jitted native-conv step, so every mode is credited
+with the same work), achieved GFLOP/s and its fraction of the assumed peak, XLA's peak-memory
+estimate and the process's peak RSS so far. Load averages before and after go into the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine_throughput import Workload, setup, time_plan
+from gipip_jax import attack, engine
+
+try:
+    import torch
+    import torch_reference as reference
+except ImportError as error:  # pragma: no cover
+    raise SystemExit(f"step_benchmark needs PyTorch: pip install torch==2.13.0 (or -e '.[bench]') ({error})")
+
+ITERATIONS = 10_000  # only sets the schedule's milestones; timings are per step
+
+
+def cpu_peak_flops() -> tuple[float, str]:
+    """(peak fp32 FLOP/s, how it was assumed) for this CPU: cores x base GHz x 32 FLOP/cycle."""
+    mhz = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            mhz = next(float(line.split(":")[1]) for line in f if line.startswith("cpu MHz"))
+    except (OSError, StopIteration):
+        pass
+    cores = os.cpu_count() or 1
+    if mhz is None:
+        return float("nan"), "unknown CPU clock"
+    peak = cores * mhz * 1e6 * 32
+    return peak, (f"{cores} cores x {mhz / 1000:.2f} GHz (/proc/cpuinfo, no boost assumed) x 32 fp32 FLOP/cycle "
+                  f"(2 FMA pipes x 8 lanes x 2; AVX-512 on Zen 4 runs as 2x256 bit, so no gain over AVX2)")
+
+
+def device_peak_flops() -> tuple[float, str]:
+    if jax.default_backend() == "cpu":
+        return cpu_peak_flops()
+    kind = jax.devices()[0].device_kind
+    table = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense TF32/bf16 tensor-core peaks (SXM)
+    for name, peak in table.items():
+        if name in kind:
+            return peak, f"{kind}: {peak / 1e12:.0f} TFLOP/s dense bf16/TF32 tensor-core peak (SXM datasheet)"
+    return float("nan"), f"{kind}: peak unknown"
+
+
+def _optimizer():
+    return attack.make_optimizer(0.1, ITERATIONS, signed=False)
+
+
+def _first(work: Workload, i: int = 0):
+    """Attack i's (target_grads, labels, weights) as device arrays."""
+    return (jax.tree.map(lambda a: jnp.asarray(a[i]), work.inputs.target_grads), jnp.asarray(work.labels[i]),
+            jax.tree.map(lambda a: jnp.asarray(a[i]), work.inputs.weights))
+
+
+def torch_attack(work: Workload, model: str):
+    """The PyTorch reference attack on attack 0's target, with the victim and AE ported from JAX."""
+    net = reference.port_victim(model, work.variables, work.info.num_classes)
+    ae = reference.port_autoencoder(work.autoencoder[1])
+    labels = torch.tensor(work.labels[0], dtype=torch.int64)
+    target = reference.target_gradients(net, reference.nhwc_to_nchw(work.info.normalize(work.x01[0])), labels)
+    w = work.weights
+    return reference.ReferenceAttack(net, target, labels, mean=work.info.mean, std=work.info.std, tv=w.tv,
+                                     anomaly=w.anomaly, offset=w.anomaly_offset, ae=ae, iterations=ITERATIONS)
+
+
+def check_equal(work: Workload, ref, tolerance: float) -> dict:
+    """Objective value and pixel gradient, JAX (native and patch_grad) vs PyTorch, same x; asserts."""
+    x = jax.random.normal(jax.random.key(7), work.x01.shape[1:], jnp.float32)
+    grads, labels, weights = _first(work)
+    t_value, t_grad = ref.value_and_grad(reference.nhwc_to_nchw(x))
+    t_value, t_grad = float(t_value), t_grad.numpy().transpose(0, 2, 3, 1)
+    found = {"torch_objective": t_value}
+    for conv in ("native", "patch_grad"):
+        objective = work.build(conv)
+        (value, _), grad = jax.jit(jax.value_and_grad(objective, has_aux=True))(x, grads, labels, weights)
+        grad = np.asarray(grad)
+        rel_value = abs(float(value) - t_value) / abs(t_value)
+        rel_grad = float(np.linalg.norm(grad - t_grad) / np.linalg.norm(t_grad))
+        found.update({f"{conv}_objective": float(value), f"{conv}_rel_value": rel_value, f"{conv}_rel_grad": rel_grad})
+        if not (rel_value < tolerance and rel_grad < tolerance):
+            raise AssertionError(f"JAX ({conv}) and PyTorch disagree: objective {float(value)} vs {t_value} "
+                                 f"(rel {rel_value:.2e}), pixel gradient rel {rel_grad:.2e} (tolerance {tolerance})")
+    return found
+
+
+def step_flops(work: Workload) -> float:
+    """XLA's FLOP count of one jitted attack step (native convs; one attack)."""
+    step = attack.make_attack(work.build("native"), _optimizer(), work.info.bounds())
+    grads, labels, weights = _first(work)
+    state = step.init(jax.random.key(0), work.x01.shape[1:])
+    cost = jax.jit(step.step).lower(state, grads, labels, weights).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def time_torch(ref, shape, steps: int) -> dict:
+    """The reference's first step (its 'compile'), then the best of two runs of `steps` steps."""
+    x0 = torch.randn(shape[0], shape[3], shape[1], shape[2], generator=torch.Generator().manual_seed(0))
+    ref.start(x0)
+    start = time.perf_counter()
+    ref.step()
+    first = time.perf_counter() - start
+    best = np.inf
+    for _ in range(2):
+        start = time.perf_counter()
+        for _ in range(steps):
+            ref.step()
+        best = min(best, (time.perf_counter() - start) / steps)
+    return {"compile_s": first, "step_s": best, "xla_peak_mib": None}
+
+
+def time_job(work: Workload, conv: str, steps: int) -> dict:
+    """The `gipip-jax attack` path: make_attack + make_chunk_runner (one jitted lax.scan chunk)."""
+    att = attack.make_attack(work.build(conv), _optimizer(), work.info.bounds())
+    chunk = attack.make_chunk_runner(att, steps)
+    grads, labels, _ = _first(work)
+    state = att.init(jax.random.key(0), work.x01.shape[1:])
+    total = jnp.asarray(ITERATIONS, jnp.int32)
+    start = time.perf_counter()
+    compiled = chunk.lower(state, grads, labels, total).compile()
+    compile_s = time.perf_counter() - start
+    jax.block_until_ready(compiled(state, grads, labels, total))
+    best = np.inf
+    for _ in range(2):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(state, grads, labels, total))
+        best = min(best, time.perf_counter() - start)
+    stats = compiled.memory_analysis()
+    mib = None if stats is None else (stats.argument_size_in_bytes + stats.output_size_in_bytes
+                                      + stats.temp_size_in_bytes) / 2**20
+    return {"compile_s": compile_s, "step_s": best / steps, "xla_peak_mib": mib}
+
+
+def attack_counts(model: str, side: int, batch: int, attacks: list[int], max_work: dict) -> list[int]:
+    """The N of `attacks` whose work (N x batch x (side/32)^2 images) stays within the model's cap."""
+    units = batch * (side / 32) ** 2
+    return [n for n in attacks if n == 1 or n * units <= max_work[model]]
+
+
+def load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["convnet", "resnet18"])
+    parser.add_argument("--sides", nargs="+", type=int, default=[32, 64])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--attacks", nargs="+", type=int, default=[1, 8, 32],
+                        help="N for the batched engine (CPU: 1..32; GPU: e.g. 1 8 64 512)")
+    parser.add_argument("--max-work", nargs="+", default=["convnet=32", "resnet18=8"],
+                        help="MODEL=U: batched rows only while N x batch x (side/32)^2 <= U (time and memory)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--no-job", action="store_true", help="skip the job_native / job_patch_grad rows")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    max_work = {k: float(v) for k, v in (item.split("=") for item in args.max_work)}
+    peak, peak_note = device_peak_flops()
+    meta = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "load_before": load(),
+            "backend": jax.default_backend(), "device": str(jax.devices()[0]), "machine": platform.machine(),
+            "cpu": platform.processor() or "", "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "peak_flops": peak, "peak_assumption": peak_note,
+            **{p: importlib.metadata.version(p) for p in ("jax", "jaxlib", "flax", "optax", "torch", "numpy")}}
+    print(json.dumps(meta), flush=True)
+    rows, checks, started = [], [], time.perf_counter()
+    for model in args.models:
+        for side in args.sides:
+            for batch in args.batches:
+                counts = attack_counts(model, side, batch, args.attacks, max_work)
+                work = setup(model, max(counts), side, batch)
+                ref = torch_attack(work, model)
+                check = {"model": model, "side": side, "batch": batch, **check_equal(work, ref, args.tolerance)}
+                checks.append(check)
+                print(json.dumps(check), flush=True)
+                flops = step_flops(work)
+                shape = work.x01.shape[1:]
+                found = [("torch", 1, time_torch(ref, shape, args.steps))]
+                if not args.no_job:
+                    found += [(f"job_{conv}", 1, time_job(work, conv, args.steps)) for conv in ("native", "patch_grad")]
+                found.append(("torch", 1, time_torch(ref, shape, args.steps)))  # interleaved: again after JAX
+                eng = engine.Engine(work.build, _optimizer(), work.info.bounds(), work.info.denormalize, shape=shape,
+                                    chunk_size=args.steps, mesh=engine.make_mesh(jax.devices()[:1]))
+                for n in counts:
+                    found.append((f"engine_vmap_patches", n, time_plan(eng, engine.Plan("vmap_patches", n, 1),
+                                                                      work.inputs, args.steps)))
+                torch_runs = [r for mode, _, r in found if mode == "torch"]
+                torch_step = min(r["step_s"] for r in torch_runs)
+                merged = [("torch", 1, {**torch_runs[0], "step_s": torch_step,
+                                        "torch_step_s_runs": [r["step_s"] for r in torch_runs]})]
+                merged += [f for f in found if f[0] != "torch"]
+                for mode, n, r in merged:
+                    row = {"model": model, "side": side, "batch": batch, "mode": mode, "attacks": n, **r,
+                           "attack_steps_per_s": n / r["step_s"], "vs_torch_sequential": torch_step * n / r["step_s"],
+                           "step_gflop": flops / 1e9, "achieved_gflops": flops * n / r["step_s"] / 1e9,
+                           "fraction_of_peak": flops * n / r["step_s"] / peak,
+                           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                del eng, work, ref
+    meta.update(load_after=load(), wall_s=time.perf_counter() - started)
+    print(json.dumps(meta), flush=True)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "checks": checks, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
