@@ -1,0 +1,99 @@
+"""Experiment runner: the steps the paper-claim drivers in experiments/ share.
+
+An experiment directory W holds the priors and victims it trained (W/priors/NAME/ae,
+W/victims/NAME/victim), one study directory per arm (W/studies/NAME, a `gipip-jax study` work
+directory), W/experiment.json (the manifest `gipip_jax.report` reads) and the report. Every step
+skips work already on disk, so rerunning a driver after an interruption resumes it (studies
+resume mid-wave from their own checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import ml_collections
+
+from gipip_jax import checkpoints, data, jobs, report, study
+
+AE_CONFIG = "experiments/configs/ae_cifar10.py"
+VICTIM_CONFIG = "experiments/configs/victim_cifar10.py"
+STUDY_CONFIG = "experiments/configs/study_cifar10.py"
+
+
+def configured(spec: str, fields: dict) -> ml_collections.ConfigDict:
+    """The config of file `spec` (PATH[:ARG]) with dotted `fields` set, e.g. {"data.name": "tiny_imagenet"}."""
+    from gipip_jax.cli import load_config
+
+    config = load_config(spec)
+    for key, value in fields.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"config {spec} has no field {key!r}")
+        node[leaf] = value
+    return config
+
+
+def train_prior(workdir: str, name: str, *, dataset: str, image_size: int | None, steps: int,
+                fraction: float | None = None, count: int | None = None, heldout_count: int = 1000) -> str:
+    """Trains the AE prior on an auxiliary subset of `dataset`'s train split for about `steps`
+    optimizer steps (batch 16; epochs = ceil(steps * 16 / aux size), so every fraction gets the same
+    budget and differs only in data). Returns the checkpoint path W/priors/NAME/ae."""
+    folder = os.path.join(workdir, "priors", name)
+    path = os.path.join(folder, "ae")
+    if os.path.exists(path):
+        return path
+    pool = jobs.load_dataset(ml_collections.ConfigDict({"name": dataset, "image_size": image_size}), "train")
+    aux = len(data.auxiliary_indices(len(pool.labels), fraction=fraction, count=count, seed=0))
+    config = configured(AE_CONFIG, {"data.name": dataset, "data.image_size": image_size, "aux.fraction": fraction,
+                                    "aux.count": count, "heldout_count": heldout_count,
+                                    "epochs": max(1, math.ceil(steps * 16 / aux))})
+    jobs.train_ae(config, folder)
+    return path
+
+
+def train_victim(workdir: str, name: str, *, dataset: str, image_size: int | None, victim: str, epochs: int,
+                 train_count: int = 0, eval_count: int = 1000) -> str:
+    """Trains a victim (returns W/victims/NAME/victim) for the trained-model experiments."""
+    folder = os.path.join(workdir, "victims", name)
+    path = os.path.join(folder, "victim")
+    if os.path.exists(path):
+        return path
+    test_split = "val" if dataset == "tiny_imagenet" else "test"
+    config = configured(VICTIM_CONFIG, {"data.name": dataset, "data.image_size": image_size,
+                                        "data.test_split": test_split, "victim.name": victim, "epochs": epochs,
+                                        "train_count": train_count, "eval_count": eval_count})
+    jobs.train_victim(config, folder)
+    return path
+
+
+def run_study(workdir: str, name: str, fields: dict, spec: str = STUDY_CONFIG) -> str:
+    """Runs (or resumes) study NAME with the study config's dotted `fields` set; returns its directory."""
+    folder = os.path.join(workdir, "studies", name)
+    config = configured(spec, {"name": name, **fields})
+    started = time.perf_counter()
+    print(f"== study {name}", flush=True)
+    study.run(config, folder)
+    print(f"== study {name} done in {time.perf_counter() - started:.0f} s", flush=True)
+    return folder
+
+
+def prior_metadata(path: str) -> dict:
+    """The AE checkpoint's metadata (aux count and fraction, held-out error, ...)."""
+    return checkpoints.load_autoencoder(path)[2]
+
+
+def finish(workdir: str, manifest: dict) -> dict:
+    """Writes W/experiment.json and builds the report; returns the report's paths."""
+    path = os.path.join(workdir, "experiment.json")
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(f"{path}.tmp", path)
+    paths = report.build(workdir)
+    print(f"report: {paths['markdown']} ({len(paths['plots'])} plots, {len(paths['grids'])} grids)")
+    return paths
