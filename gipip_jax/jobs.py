@@ -128,6 +128,21 @@ def _prior(config: ml_collections.ConfigDict):
     return (lambda x01: module.apply({"params": params}, x01)), float(offset), meta
 
 
+def attack_conv(name: str = "auto", backend: str | None = None) -> str:
+    """The convolution implementation of the attacked victim's copy (config.attack.conv).
+
+    "auto" picks "patch_grad" on CPU, where XLA's native conv weight gradient is slow and the patch
+    matmul makes one attack step 2.2-3x faster (BENCHMARKS.md), and "native" on other backends
+    (where the patch form is not measured to win). Both compute the same function and gradients:
+    only the speed of the double backward changes (tests/test_attack_conv.py).
+    """
+    if name == "auto":
+        return "patch_grad" if (backend or jax.default_backend()) == "cpu" else "native"
+    if name not in ("native", "patch_grad"):
+        raise ValueError(f"unknown attack.conv {name!r}; choose auto, native or patch_grad")
+    return name
+
+
 def config_fingerprint(config: ml_collections.ConfigDict) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -150,8 +165,10 @@ def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     if label_source == "idlg" and config.targets.batch_size != 1:
         raise ValueError(f"attack.labels='idlg' reads the label of a single image; targets.batch_size is "
                          f"{config.targets.batch_size} (use yin, llg or bias_count)")
+    # The attacker's copy of the victim: same variables, convolutions chosen for the double backward.
+    attacked = make_victim(victim.name, info.num_classes, info.image_shape, conv=attack_conv(a.get("conv", "auto")))
     objective = make_objective(
-        victim, variables, info, matching=a.matching, reconstruct=reconstruct,
+        attacked, variables, info, matching=a.matching, reconstruct=reconstruct,
         weights=ObjectiveWeights(tv=a.tv_weight, anomaly=a.as_weight, anomaly_offset=offset,
                                  bn_stats=a.get("bn_weight", 0.0)))
     if optimizer_name == "lbfgs":
