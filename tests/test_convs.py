@@ -46,3 +46,19 @@ def test_unsupported_settings_fall_back_to_lax():
 def test_unknown_conv_impl():
     with pytest.raises(ValueError, match="unknown convolution"):
         make_victim("convnet_tiny", 4, (8, 8, 3), conv="winograd")
+
+
+@pytest.mark.parametrize("padding, strides, window", [("SAME", (2, 2), (1, 1)), ("VALID", (1, 1), (3, 3)),
+                                                      ([(1, 2), (0, 1)], (2, 1), (3, 2))])
+def test_patch_grad_kernel_gradient_for_string_and_uneven_padding(padding, strides, window):
+    """String paddings (Flax's default for the ResNet shortcut convs) now take the patch path too."""
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+    k = jax.random.normal(jax.random.key(1), (*window, 3, 4))
+
+    def loss(conv, x, k):
+        return jnp.sum(jnp.sin(conv(x, k, strides, padding, dimension_numbers=convs.NHWC)))
+
+    for argnum in (0, 1):
+        want = jax.grad(loss, argnum + 1)(jax.lax.conv_general_dilated, x, k)
+        got = jax.grad(loss, argnum + 1)(convs.patch_grad_conv, x, k)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
