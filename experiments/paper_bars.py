@@ -13,8 +13,8 @@ Variants (expected runtime):
   smoke  tiny victim, 16 px, bs {1, 2} and the three bs-2 conditions, 10 iterations: ~2.5 min on the
          2-core CPU (tested in CI)
   cpu    the reduced budget measured here: untrained ConvNet at 32 px (64 px ConvNet runs ~5 attack-
-         steps/s on this CPU, too slow for every bar), 2 target batches per bar, 300 iterations, victim
-         trained 2 epochs for the trained bar: ~40 min on the 2-core CPU
+         steps/s on this CPU, too slow for every bar), 2 target batches per bar, 200 iterations, victim
+         trained 2 epochs for the trained bar: ~30 min on a quiet 2-core CPU
   full   the authors' budget: 64 px, ResNet-18, 8 target batches, 48k iterations (80k for the
          trained-victim bar, trained 100 epochs): weeks on the CPU; on one GPU roughly a day
          (not measured: no GPU lent)
@@ -33,7 +33,7 @@ VARIANTS = {
     "smoke": dict(image_size=16, batch_sizes=(1, 2), condition_bs=2, targets=1, iterations=10, victim="convnet_tiny",
                   ae_steps=20, victim_epochs=1, victim_train_count=256, lpips=None,
                   engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 2, "engine.chunk_size": 5}),
-    "cpu": dict(image_size=32, batch_sizes=(1, 2, 4, 8, 16), condition_bs=4, targets=2, iterations=300,
+    "cpu": dict(image_size=32, batch_sizes=(1, 2, 4, 8, 16), condition_bs=4, targets=2, iterations=200,
                 victim="convnet", ae_steps=2000, victim_epochs=2, victim_train_count=0, lpips="alexnet",
                 engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 2, "engine.chunk_size": 50}),
     "full": dict(image_size=None, batch_sizes=(1, 2, 4, 8, 16), condition_bs=4, targets=8, iterations=48_000,
