@@ -44,10 +44,13 @@ NAMES = {"cifar10": "CIFAR-10", "tiny_imagenet": "Tiny-ImageNet"}
 
 
 def study_fields(variant: dict, dataset: str, setup: dict) -> dict:
-    return {"data.name": dataset, "data.image_size": setup["image_size"],
+    fields = {"data.name": dataset, "data.image_size": setup["image_size"],
             "targets.starts": list(range(setup["targets"])), "targets.batch_size": 1,
             "victim.name": variant["victim"], "attack.iterations": setup["iterations"],
             "grid.tv_weight": [1e-6], "metrics.lpips_net": variant["lpips"], **variant["engine"]}
+    if fields.get("engine.attacks_per_device"):   # a wave no larger than the study: no padding attacks
+        fields["engine.attacks_per_device"] = min(fields["engine.attacks_per_device"], setup["targets"])
+    return fields
 
 
 def run(name: str, workdir: str) -> dict:
