@@ -5,6 +5,10 @@ Adam on pixels (optionally on the sign of the gradient, as Inverting Gradients d
 released code does not), learning rate x0.1 at 3/8, 5/8 and 7/8 of the iterations, and a
 projection onto the valid box [normalize(0), normalize(1)] after every step.
 
+What is optimized is a *parameterization* (`parameterizations.py`): the pixels by default, or
+e.g. a GAN's latent and weights, or an untrained U-Net's weights; the objective always sees the
+rendered images.
+
 Shape of the code: `make_attack` returns pure `init`/`step` functions over an `AttackState` of
 arrays only; `make_inverter` builds the loop that runs them in jitted `lax.scan` chunks (one
 compile serves every target and restart), reports progress between chunks, and keeps the best
@@ -21,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gipip_jax.parameterizations import Parameterization, pixels
+
 PyTree = Any
 Objective = Callable[[jax.Array, PyTree, jax.Array], tuple[jax.Array, dict]]
 
@@ -33,7 +39,8 @@ class AttackDivergedError(FloatingPointError):
 
 
 class AttackState(NamedTuple):
-    """State of one attack. x: (B, H, W, C) normalized; step: int32 (); loss: float32 ()."""
+    """State of one attack. x: what is optimized, the parameterization's params (for pixels, the
+    (B, H, W, C) normalized images); step: int32 (); loss: float32 ()."""
 
     x: jax.Array
     opt_state: optax.OptState
@@ -44,13 +51,17 @@ class AttackState(NamedTuple):
 class Attack(NamedTuple):
     """Pure functions of one attack.
 
-    init(key, shape) -> AttackState, x ~ N(0, 1) (the reference initialization).
-    step(state, target_grads, labels, weights=None) -> AttackState, one optimizer step + box
-      projection; `weights` (e.g. traced per-attack ObjectiveWeights) is passed to the objective.
+    init(key, shape) -> AttackState, the parameterization's init (pixels: x ~ N(0, 1), the
+      reference initialization).
+    step(state, target_grads, labels, weights=None) -> AttackState, one optimizer step + the
+      parameterization's projection (pixels: the box); `weights` (e.g. traced per-attack
+      ObjectiveWeights) is passed to the objective.
+    render(params) -> (B, H, W, C) normalized images of a state's x (default: x itself).
     """
 
     init: Callable[[jax.Array, tuple[int, ...]], AttackState]
     step: Callable[..., AttackState]
+    render: Callable[[PyTree], jax.Array] = lambda x: x
 
 
 class Inversion(NamedTuple):
@@ -80,22 +91,28 @@ def make_optimizer(learning_rate: float, iterations: int, *, signed: bool) -> op
     return optax.chain(optax.scale_by_sign(), adam) if signed else adam
 
 
-def make_attack(objective: Objective, optimizer: optax.GradientTransformation, bounds: tuple) -> Attack:
-    """An attack minimizing `objective` with `optimizer`, x kept in the box bounds = (lo, hi), each (C,)."""
-    lo, hi = (jnp.asarray(b, jnp.float32) for b in bounds)
+def make_attack(objective: Objective, optimizer: optax.GradientTransformation, bounds: tuple | None = None, *,
+                parameterization: Parameterization | None = None) -> Attack:
+    """An attack minimizing `objective(render(params), ...)` with `optimizer` over the params of
+    `parameterization` (default: the pixels, kept in the box bounds = (lo, hi), each (C,))."""
+    if parameterization is None:
+        if bounds is None:
+            raise ValueError("make_attack needs the box bounds for pixels, or a parameterization")
+        parameterization = pixels(bounds)
+    init_params, render, project = parameterization.init, parameterization.render, parameterization.project
 
     def init(key, shape):
-        x = jax.random.normal(key, shape, jnp.float32)
+        x = init_params(key, shape)
         return AttackState(x, optimizer.init(x), jnp.zeros((), jnp.int32), jnp.full((), jnp.inf, jnp.float32))
 
     def step(state, target_grads, labels, weights=None):
         objective_args = (target_grads, labels) if weights is None else (target_grads, labels, weights)
-        (loss, _), grad = jax.value_and_grad(objective, has_aux=True)(state.x, *objective_args)
+        (loss, _), grad = jax.value_and_grad(lambda p: objective(render(p), *objective_args), has_aux=True)(state.x)
         updates, opt_state = optimizer.update(grad, state.opt_state, state.x)
-        x = optax.projections.projection_box(optax.apply_updates(state.x, updates), lo, hi)
+        x = project(optax.apply_updates(state.x, updates))
         return AttackState(x, opt_state, state.step + 1, loss)
 
-    return Attack(init, step)
+    return Attack(init, step, render)
 
 
 def make_chunk_runner(attack: Attack, chunk_size: int) -> Callable:
@@ -128,17 +145,18 @@ def make_inverter(
     chunk_size: int = 100,
     log: Callable[[str], None] = print,
     log_every: int | None = None,
+    parameterization: Parameterization | None = None,
 ) -> Callable[[PyTree, jax.Array, jax.Array, tuple], Inversion]:
     """Returns invert(target_grads, labels, key, shape) -> Inversion, compiled once for all targets.
 
     invert runs `restarts` independent attacks one after another from keys split off `key`
     and keeps the lowest final objective. shape: (B, H, W, C) of the candidates; labels:
     int (B,) or soft (B, K). It raises AttackDivergedError when every restart ends with a
-    non-finite objective.
+    non-finite objective. `parameterization` replaces the pixels (and `bounds`) as what is optimized.
     """
     if iterations < 1 or restarts < 1 or chunk_size < 1:
         raise ValueError(f"iterations, restarts and chunk_size must be >= 1, got {iterations}, {restarts}, {chunk_size}")
-    attack = make_attack(objective, optimizer, bounds)
+    attack = make_attack(objective, optimizer, bounds, parameterization=parameterization)
     chunk = make_chunk_runner(attack, min(chunk_size, iterations))
     final_objective = jax.jit(objective)
     log_every = log_every or max(iterations // 10, 1)
@@ -157,8 +175,9 @@ def make_inverter(
                 log(f"  restart {restart + 1}/{restarts}  step {done}/{iterations}  "
                     f"loss {float(np.nanmin(chunk_losses)):.5f}  {rate:.1f} steps/s")
                 next_log = (done // log_every + 1) * log_every
-        loss, terms = final_objective(state.x, target_grads, labels)
-        return float(loss), state.x, terms
+        x = attack.render(state.x)
+        loss, terms = final_objective(x, target_grads, labels)
+        return float(loss), x, terms
 
     def invert(target_grads, labels, key, shape):
         best, losses = None, []

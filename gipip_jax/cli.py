@@ -3,6 +3,7 @@
     gipip-jax attack       --config experiments/configs/gipip_cifar10.py:smoke --workdir W
     gipip-jax study        --config experiments/configs/study_cifar10.py:smoke --workdir W
     gipip-jax train-ae     --config experiments/configs/ae_cifar10.py --workdir W
+    gipip-jax train-gan    --config experiments/configs/gan_cifar10.py --workdir W
     gipip-jax train-victim --config experiments/configs/victim_cifar10.py:smoke --workdir W
     gipip-jax utility      --config experiments/configs/utility_cifar10.py:smoke --workdir W
     gipip-jax summarize    W/results.jsonl [...]
@@ -22,7 +23,7 @@ import sys
 
 import ml_collections
 
-COMMANDS = ("attack", "study", "train-ae", "train-victim", "utility")
+COMMANDS = ("attack", "study", "train-ae", "train-gan", "train-victim", "utility")
 
 
 class ConfigError(ValueError):
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             apply_override(config, assignment)
         from gipip_jax import study, utility
 
-        job = {"attack": jobs.attack, "study": study.run, "train-ae": jobs.train_ae,
+        job = {"attack": jobs.attack, "study": study.run, "train-ae": jobs.train_ae, "train-gan": jobs.train_gan,
                "train-victim": jobs.train_victim, "utility": utility.run}[args.command]
         job(config, args.workdir)
     except expected as error:

@@ -39,6 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from gipip_jax.attack import AttackState, make_attack
 from gipip_jax.objectives import ObjectiveWeights
+from gipip_jax.parameterizations import Parameterization
 
 PyTree = Any
 AXIS = "attacks"
@@ -115,6 +116,10 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(devices.reshape(-1), (AXIS,))
 
 
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def _tree_where(condition, a, b):
     return jax.tree.map(lambda u, v: jnp.where(condition, u, v), a, b)
 
@@ -153,14 +158,18 @@ class Engine:
     build_objective(conv) -> objective(x, target_grads, labels, weights) -> (loss, terms), with the
     victim built with convolution implementation `conv` ("native" or "patch_grad").
     shape: (B, H, W, C) of one attack's candidate images; bounds: (lo, hi) box, each (C,);
-    denormalize maps normalized images to [0, 1] units.
+    denormalize maps normalized images to [0, 1] units. parameterization (default: the pixels in
+    the box) is what every attack optimizes (`parameterizations.py`); its params are the state's x,
+    objective and results see the rendered images.
     """
 
     def __init__(self, build_objective: Callable[[str], Callable], optimizer, bounds, denormalize, *,
-                 shape: tuple, chunk_size: int = 100, max_tries: int = 2, mesh: Mesh | None = None):
+                 shape: tuple, chunk_size: int = 100, max_tries: int = 2, mesh: Mesh | None = None,
+                 parameterization: Parameterization | None = None):
         if chunk_size < 1 or max_tries < 0:
             raise ValueError(f"chunk_size must be >= 1 and max_tries >= 0, got {chunk_size}, {max_tries}")
         self.build_objective, self.optimizer, self.bounds = build_objective, optimizer, bounds
+        self.parameterization = parameterization
         self.denormalize, self.shape = denormalize, tuple(shape)
         self.chunk_size, self.max_tries = chunk_size, max_tries
         self.mesh = mesh or make_mesh()
@@ -174,7 +183,7 @@ class Engine:
 
     def _attack_functions(self, strategy: str):
         objective = self.build_objective(CONV_OF_STRATEGY[strategy])
-        attack = make_attack(objective, self.optimizer, self.bounds)
+        attack = make_attack(objective, self.optimizer, self.bounds, parameterization=self.parameterization)
         shape, max_tries = self.shape, self.max_tries
 
         def fresh(key_data, tries):
@@ -186,7 +195,7 @@ class Engine:
 
         def step_one(s: WaveState, inp: AttackInputs, total) -> WaveState:
             new = attack.step(s.attack, inp.target_grads, inp.labels, inp.weights)
-            bad = ~jnp.isfinite(new.loss) | ~jnp.all(jnp.isfinite(new.x))
+            bad = ~jnp.isfinite(new.loss) | ~_all_finite(new.x)
             retry = bad & (s.tries < max_tries)
             restarted = _tree_where(retry, fresh(inp.keys, s.tries + 1), s.attack)
             nxt = WaveState(_tree_where(bad, restarted, new), s.tries + retry.astype(jnp.int32),
@@ -194,8 +203,9 @@ class Engine:
             return _tree_where((s.attack.step < total) & ~s.failed, nxt, s)
 
         def evaluate_one(s: WaveState, inp: AttackInputs):
-            loss, terms = objective(s.attack.x, inp.target_grads, inp.labels, inp.weights)
-            return loss, terms, jnp.clip(self.denormalize(s.attack.x), 0.0, 1.0)
+            x = attack.render(s.attack.x)
+            loss, terms = objective(x, inp.target_grads, inp.labels, inp.weights)
+            return loss, terms, jnp.clip(self.denormalize(x), 0.0, 1.0)
 
         return init_one, step_one, evaluate_one
 

@@ -5,6 +5,7 @@ prints progress, and writes its outputs there:
 
 - train_victim: WORKDIR/victim/ (orbax checkpoint + metadata.json)
 - train_ae:     WORKDIR/ae/     (orbax checkpoint + metadata.json)
+- train_gan:    WORKDIR/gan/    (orbax checkpoint + metadata.json), WORKDIR/gan_samples.png
 - attack:       WORKDIR/results.jsonl (one record per attack), WORKDIR/grid.png (ground truth
                 above reconstruction), WORKDIR/reconstructions.npz
 
@@ -104,6 +105,36 @@ def train_ae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     path = os.path.join(workdir, "ae")
     checkpoints.save_autoencoder(path, params, metadata, overwrite=config.get("overwrite", False))
     print(f"saved {path}: {json.dumps(stats)}")
+    return metadata
+
+
+def train_gan(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains the GAN prior (a DCGAN) on the same kind of auxiliary subset as the AE; saves
+    WORKDIR/gan (orbax checkpoint + metadata.json) and WORKDIR/gan_samples.png. Returns its metadata."""
+    from gipip_jax import gan
+
+    pool = load_dataset(config.data, config.data.split)
+    n = len(pool.labels)
+    aux = data.auxiliary_indices(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
+                                 seed=config.aux.seed)
+    x_aux, _ = pool.take(aux)
+    print(f"training the GAN prior (DCGAN, width {config.width}) on {len(aux)} {pool.info.name} {config.data.split} "
+          f"images ({100 * len(aux) / n:.2f} % of {n}) for {config.epochs} epoch(s)")
+    tree, stats = gan.train_gan(x_aux, epochs=config.epochs, latent_dim=config.latent_dim, width=config.width,
+                                batch_size=config.batch_size, learning_rate=config.learning_rate, b1=config.b1,
+                                seed=config.seed)
+    metadata = {"dataset": pool.info.name, "split": config.data.split, "image_shape": list(pool.info.image_shape),
+                "aux_count": len(aux), "aux_fraction": len(aux) / n, "aux_seed": config.aux.seed,
+                "batch_size": config.batch_size, "seed": config.seed, **stats, "config": config.to_dict()}
+    path = os.path.join(workdir, "gan")
+    gan.save_gan(path, tree, metadata, image_shape=pool.info.image_shape, width=config.width,
+                 latent_dim=config.latent_dim, overwrite=config.get("overwrite", False))
+    generator, _ = gan.make_gan(pool.info.image_shape, width=config.width)
+    samples = gan.sample(generator, tree["generator"], jax.random.key(config.seed + 1), 32, config.latent_dim)
+    k = min(16, len(x_aux))
+    results.save_grid(os.path.join(workdir, "gan_samples.png"), [samples[:k], samples[16:16 + k], x_aux[:k]])
+    print(f"saved {path} and {os.path.join(workdir, 'gan_samples.png')} (two rows of samples, then real "
+          f"auxiliary images): {json.dumps(stats)}")
     return metadata
 
 

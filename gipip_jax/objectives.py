@@ -8,7 +8,8 @@ Images are NHWC. `x` is in the victim's normalized space; `x01` is in [0, 1].
 with ONE cosine over all layers' gradients concatenated (as the authors' code does). A term
 whose weight is 0 is not computed at all, so Inverting Gradients is GI-PIP with λ_AS = 0.
 Optionally  + λ_BN · BN(x), the GradInversion / DeepInversion prior (`bn_statistics_loss`),
-usable with any matching and optimizer.
+usable with any matching and optimizer, and + λ_feat · feature matching (`features.py`, seed
+002's term: the classification layer's input recovered from the update).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import optax
 
 from gipip_jax.client import make_loss_fn
 from gipip_jax.data import DatasetInfo
+from gipip_jax.features import feature_matching_loss
 from gipip_jax.victims import Victim
 
 PyTree = Any
@@ -100,7 +102,8 @@ class ObjectiveWeights(NamedTuple):
     """Weights of the optional terms (0 switches a term off) and the AS offset c.
 
     tv: λ_TV; anomaly: λ_AS; anomaly_offset: c; bn_stats: λ_BN (BN-statistics prior, needs a
-    victim with BatchNorm).
+    victim with BatchNorm); features: λ_feat (feature matching against the classification layer's
+    input recovered from the update, `features.py`).
 
     Python floats when building an objective; per-call values may be traced scalars, so a
     batched study gives every attack its own weights without recompiling.
@@ -110,6 +113,7 @@ class ObjectiveWeights(NamedTuple):
     anomaly: Any = 0.0
     anomaly_offset: Any = 0.0
     bn_stats: Any = 0.0
+    features: Any = 0.0
 
 
 def make_objective(
@@ -141,6 +145,8 @@ def make_objective(
     params = variables["params"]
     use_tv, use_anomaly, use_bn = weights.tv > 0, weights.anomaly > 0, weights.bn_stats > 0
     bn = bn_statistics_loss(victim, variables) if use_bn else None
+    use_features = weights.features > 0
+    feat = feature_matching_loss(victim, variables, info.num_classes) if use_features else None
     defaults = weights
 
     def objective(x, target_grads, labels, weights=None):
@@ -157,6 +163,9 @@ def make_objective(
         if use_bn:
             terms["bn_stats"] = bn(x)
             loss = loss + w.bn_stats * terms["bn_stats"]
+        if use_features:
+            terms["features"] = feat(x, target_grads, labels)
+            loss = loss + w.features * terms["features"]
         return loss, terms
 
     return objective

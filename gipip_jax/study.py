@@ -3,13 +3,17 @@
     gipip-jax study --config experiments/configs/study_cifar10.py:smoke --workdir W
 
 A study is targets x settings x restarts. `config.grid` lists per-attack settings: objective
-weights (tv_weight, as_weight, as_offset — None: the AE checkpoint's c — and bn_weight), which are
+weights (tv_weight, as_weight, as_offset — None: the AE checkpoint's c — bn_weight and
+feature_weight), which are
 traced values of the one compiled program, and defense settings (`defenses.DEFENSE_DEFAULTS`
 fields, e.g. noise_std, prune_sparsity, clip_norm, dp_clip_norm), which change only the client's
 shared update. Every combination is attacked on every target batch, `attack.restarts` times from
 different keys. The threat model (`config.threat`: FedSGD or FedAvg local steps, clients in the
 secure aggregate) is one per study, since the attacker's simulation of it is part of the program;
-labels are given or recovered from each shared update (`attack.labels`, see labels.py).
+labels are given or recovered from each shared update (`attack.labels`, see labels.py). What the
+attacks optimize is one per study too: `attack.parameterization` "pixels" (default), "gan" (GIAS:
+latent, then generator weights of `gan.checkpoint`) or "dip" (an untrained U-Net's weights);
+see parameterizations.py.
 
 Work directory:
   W/plan.json              the engine plan (strategy, attacks per device, probe table); reused on
@@ -38,17 +42,20 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gipip_jax import data, defenses, engine, metrics, results, threat_models
+from gipip_jax import data, defenses, engine, metrics, parameterizations, results, threat_models
+from gipip_jax import dip as dip_lib
+from gipip_jax import gan as gan_lib
 from gipip_jax import labels as label_lib
-from gipip_jax.attack import make_optimizer
+from gipip_jax.attack import make_optimizer, step_decay_schedule
 from gipip_jax.client import check_update_matches
-from gipip_jax.jobs import _prior, _victim_and_variables, config_fingerprint, load_dataset
+from gipip_jax.jobs import _prior, _victim_and_variables, config_fingerprint, load_dataset, resolve_path
 from gipip_jax.objectives import ObjectiveWeights, make_objective
 from gipip_jax.victims import make_victim
 
-WEIGHT_FIELDS = ("tv_weight", "as_weight", "as_offset", "bn_weight")
+WEIGHT_FIELDS = ("tv_weight", "as_weight", "as_offset", "bn_weight", "feature_weight")
 GRID_FIELDS = WEIGHT_FIELDS + tuple(defenses.DEFENSE_DEFAULTS)
-GRID_DEFAULTS = {"tv_weight": 0.0, "as_weight": 0.0, "as_offset": None, "bn_weight": 0.0, **defenses.DEFENSE_DEFAULTS}
+GRID_DEFAULTS = {"tv_weight": 0.0, "as_weight": 0.0, "as_offset": None, "bn_weight": 0.0, "feature_weight": 0.0,
+                 **defenses.DEFENSE_DEFAULTS}
 
 
 def expand(config: ml_collections.ConfigDict, labels: np.ndarray, as_offset: float) -> list[dict]:
@@ -81,6 +88,9 @@ def expand(config: ml_collections.ConfigDict, labels: np.ndarray, as_offset: flo
 
 
 def attack_name(config: ml_collections.ConfigDict, setting: dict) -> str:
+    kind = config.attack.get("parameterization", "pixels")
+    if kind != "pixels":
+        return f"{config.name}:{kind}{'+as' if setting['as_weight'] > 0 else ''}"
     return f"{config.name}:{'gipip' if setting['as_weight'] > 0 else 'ig'}"
 
 
@@ -109,7 +119,8 @@ class Study:
         settings = [a["setting"] for a in self.attacks]
         build_weights = ObjectiveWeights(tv=max(s["tv_weight"] for s in settings),
                                          anomaly=max(s["as_weight"] for s in settings), anomaly_offset=offset,
-                                         bn_stats=max(s["bn_weight"] for s in settings))
+                                         bn_stats=max(s["bn_weight"] for s in settings),
+                                         features=max(s["feature_weight"] for s in settings))
         self.threat = threat_models.check_threat_config(dict(config.get("threat") or {}))
         self.label_source = config.attack.get("labels", "given")
         if self.label_source not in ("given", *label_lib.STRATEGIES):
@@ -123,9 +134,9 @@ class Study:
 
         a, e = config.attack, config.engine
         shape = (config.targets.batch_size, *info.image_shape)
-        self.engine = engine.Engine(build, make_optimizer(a.learning_rate, a.iterations, signed=a.signed),
-                                    info.bounds(), info.denormalize, shape=shape, chunk_size=e.chunk_size,
-                                    max_tries=a.max_tries)
+        parameterization, optimizer, self.gan_meta = parameterization_and_optimizer(config, info)
+        self.engine = engine.Engine(build, optimizer, info.bounds(), info.denormalize, shape=shape,
+                                    chunk_size=e.chunk_size, max_tries=a.max_tries, parameterization=parameterization)
         self._client_updates()
 
     def _client_updates(self):
@@ -160,7 +171,8 @@ class Study:
             len(chosen), tv=[a["setting"]["tv_weight"] for a in chosen],
             anomaly=[a["setting"]["as_weight"] for a in chosen],
             anomaly_offset=[a["setting"]["as_offset"] or 0.0 for a in chosen],
-            bn_stats=[a["setting"]["bn_weight"] for a in chosen])
+            bn_stats=[a["setting"]["bn_weight"] for a in chosen],
+            features=[a["setting"]["feature_weight"] for a in chosen])
         return engine.AttackInputs(jax.tree.map(lambda g: g[updates], self.target_grads), self.attack_labels[updates],
                                    weights, np.stack([a["key"] for a in chosen]))
 
@@ -184,6 +196,46 @@ class Study:
             _write_json(path, {**plan._asdict(), "fingerprint": self.fingerprint, "probe": table,
                                "backend": jax.default_backend()})
         return plan
+
+
+def parameterization_and_optimizer(config: ml_collections.ConfigDict, info: data.DatasetInfo):
+    """(parameterization or None for the pixels, optimizer, GAN checkpoint metadata or None) of
+    config.attack.parameterization: "pixels" (default; attack.learning_rate, attack.signed),
+    "gan" (config.gan: checkpoint, latent_iterations (None: half of attack.iterations), latent_lr,
+    generator_lr) or "dip" (config.dip: widths, learning_rate, noise_channels, noise_std). Every
+    phase uses the reference step schedule (x0.1 at 3/8, 5/8, 7/8 of its iterations)."""
+    a = config.attack
+    kind = a.get("parameterization", "pixels")
+    if kind not in parameterizations.PARAMETERIZATIONS:
+        raise ValueError(f"unknown attack.parameterization {kind!r}; choose one of {', '.join(parameterizations.PARAMETERIZATIONS)}")
+    if kind == "pixels":
+        return None, make_optimizer(a.learning_rate, a.iterations, signed=a.signed), None
+    if kind == "gan":
+        g = config.get("gan")
+        if g is None or not g.get("checkpoint"):
+            raise ValueError("attack.parameterization='gan' needs gan.checkpoint (made by `gipip-jax train-gan`)")
+        generator, variables, meta = gan_lib.load_gan(resolve_path(g.checkpoint))
+        if tuple(meta["gan"]["image_shape"]) != tuple(info.image_shape):
+            raise ValueError(f"the GAN checkpoint {g.checkpoint} makes images of shape {tuple(meta['gan']['image_shape'])}; "
+                             f"{info.name} has {tuple(info.image_shape)}: train one on this data (gipip-jax train-gan)")
+        latent = a.iterations // 2 if g.get("latent_iterations") is None else int(g.latent_iterations)
+        if not 0 <= latent <= a.iterations:
+            raise ValueError(f"gan.latent_iterations must be in [0, attack.iterations = {a.iterations}], got {latent}")
+        optimizer = parameterizations.make_gan_optimizer(g.latent_lr, g.generator_lr, latent, a.iterations - latent,
+                                                         schedule=step_decay_schedule)
+        p = parameterizations.gan(generator, variables, meta["gan"]["latent_dim"], info.normalize)
+        return p, optimizer, {"checkpoint": g.checkpoint, "latent_iterations": latent,
+                              **{k: meta.get(k) for k in ("dataset", "aux_count", "aux_fraction", "epochs")}}
+    d = config.get("dip")
+    if d is None:
+        raise ValueError("attack.parameterization='dip' needs a config.dip block (widths, learning_rate, ...)")
+    side = min(info.image_shape[:2])
+    if side % 2 ** len(d.widths):
+        raise ValueError(f"dip.widths has {len(d.widths)} levels, so images need H and W divisible by "
+                         f"{2 ** len(d.widths)}; {info.name} has {tuple(info.image_shape)}")
+    net = dip_lib.make_unet(d.widths, info.image_shape[-1])
+    p = parameterizations.dip(net, info.normalize, noise_channels=d.noise_channels, noise_std=d.noise_std)
+    return p, parameterizations.make_dip_optimizer(d.learning_rate, a.iterations, schedule=step_decay_schedule), None
 
 
 def _prior_for_grid(config):
@@ -298,6 +350,7 @@ def _record(study, attack_id, slot, result, seconds, wave, wave_size) -> dict:
               "wave": wave, "wave_size": wave_size, "seconds": seconds,
               "prior": {k: study.prior_meta[k] for k in ("dataset", "aux_count", "aux_fraction", "epochs")}
               if study.prior_meta and a["setting"]["as_weight"] > 0 else None,
+              "parameterization": config.attack.get("parameterization", "pixels"), "gan_prior": study.gan_meta,
               "fingerprint": study.fingerprint, "config": config.to_dict()}
     if result.failed[slot] or not np.isfinite(result.loss[slot]):
         record.update(status="failed", error=f"objective NaN/Inf after {int(result.tries[slot])} restart(s)")

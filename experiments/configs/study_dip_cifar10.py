@@ -1,0 +1,44 @@
+"""Feature matching + deep image prior (seed 002's attack) on real CIFAR-10 test images (`gipip-jax study`).
+
+Everything as experiments/configs/study_cifar10.py (8 targets, bs 1, untrained ConvNet seed 0,
+cosine + TV 1e-6, given labels), but the image is the output of an untrained U-Net
+(attack.parameterization="dip", dip.py) whose weights Adam optimizes (lr dip.learning_rate with
+the step schedule) from a fixed noise input drawn from the attack's key, and the objective adds
+λ_feat * ||f(x) - h||^2 / ||h||^2, h the input of the victim's classification layer recovered from
+the shared update (features.py: exact at bs 1). grid.feature_weight = [0, 0.1] runs the U-Net
+alone and with the feature term.
+
+Commands, from the repository root:
+  gipip-jax study --config experiments/configs/study_dip_cifar10.py:smoke --workdir runs/study_dip_smoke
+      2 targets x 20 iterations, unroll x2: under a minute on the 2-core CPU
+  gipip-jax study --config experiments/configs/study_dip_cifar10.py --workdir runs/study_dip_cifar10 \
+      --set "targets.starts=[0, 1, 2, 3]" --set attack.iterations=600
+      the measured CPU-budget run in experiments/README.md ("Learned-prior baselines (issue 8)")
+"""
+
+import importlib.util
+import os
+
+
+def _study_config(arg):
+    spec = importlib.util.spec_from_file_location("study_cifar10", os.path.join(os.path.dirname(__file__), "study_cifar10.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def get_config(arg=None):
+    if arg not in (None, "smoke"):
+        raise ValueError(f"unknown config argument {arg!r}; use ':smoke' or nothing")
+    c = _study_config(arg)
+    c.name = "dip"
+    c.attack.parameterization = "dip"
+    c.attack.iterations = 2000 if arg is None else 20
+    c.grid.as_weight = [0.0]
+    c.grid.feature_weight = [0.0, 0.1]
+    c.gan = dict(checkpoint="experiments/checkpoints/gan_cifar10_aux5", latent_iterations=None,
+                 latent_lr=0.1, generator_lr=1e-4)
+    c.dip = dict(widths=[16, 32, 64], learning_rate=0.01, noise_channels=32, noise_std=0.1)
+    if arg == "smoke":
+        c.engine.strategy, c.engine.attacks_per_device = "unroll", 2
+    return c
