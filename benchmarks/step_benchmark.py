@@ -10,15 +10,17 @@ reference (benchmarks/torch_reference.py, weights ported through NumPy) give the
 value and pixel gradient on the same inputs (relative difference < --tolerance).
 
 Rows (one per mode; the PyTorch and JAX timings of a workload are taken interleaved, so both see
-the same machine load; every timing is the best of two after a warm-up):
+the same machine load: PyTorch before, between and after the JAX rows, best of the three; every
+timing is the best of two after a warm-up; CPU-seconds per step (process time) are recorded too,
+as they are less sensitive to other processes on a shared machine):
 - torch:            the PyTorch reference, one attack step after another (autograd.grad with
                     create_graph=True, Adam, MultiStepLR, box clamp): how the PyTorch suites run.
                     N attacks one after another cost N times this (the "sequential" baseline).
 - job_native / job_patch_grad: the single-attack path of `gipip-jax attack`
                     (`attack.make_attack` + `make_chunk_runner`, a jitted lax.scan chunk) with the
                     victim's native convolutions / patch-gradient convolutions.
-- engine_vmap_patches xN: the batched engine (`engine.Engine`, strategy vmap_patches, N attacks in
-                    one program), timed with `Engine.measure` (shared with engine_throughput.py).
+- engine_STRATEGY xN: the batched engine (`engine.Engine`, N attacks in one program; vmap_patches on
+                    CPU, also native vmap on GPUs), timed with `Engine.measure` (via engine_throughput.py).
 Per row: compile (s; torch: its first step), ms per step of all N attacks, attack-steps/s, the
 ratio to the PyTorch sequential loop of the same N attacks, XLA's FLOP count of one attack step
 (`compiled.cost_analysis()["flops"]` of the jitted native-conv step, so every mode is credited
@@ -43,6 +45,12 @@ import numpy as np
 
 from engine_throughput import Workload, setup, time_plan
 from gipip_jax import attack, engine
+
+# PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed CPU that collapses its
+# speed (measured at load ~9 on 2 cores: 238-1818 ms per ConvNet step with the default policy vs 54 ms
+# with PASSIVE, 59 ms with 1 thread), which would compare the OpenMP policy, not the work. Passive
+# waiting is the default here; OMP_WAIT_POLICY=ACTIVE in the environment restores PyTorch's own default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     import torch
@@ -90,12 +98,12 @@ def _first(work: Workload, i: int = 0):
             jax.tree.map(lambda a: jnp.asarray(a[i]), work.inputs.weights))
 
 
-def torch_attack(work: Workload, model: str):
+def torch_attack(work: Workload, model: str, device: str):
     """The PyTorch reference attack on attack 0's target, with the victim and AE ported from JAX."""
-    net = reference.port_victim(model, work.variables, work.info.num_classes)
-    ae = reference.port_autoencoder(work.autoencoder[1])
-    labels = torch.tensor(work.labels[0], dtype=torch.int64)
-    target = reference.target_gradients(net, reference.nhwc_to_nchw(work.info.normalize(work.x01[0])), labels)
+    net = reference.port_victim(model, work.variables, work.info.num_classes).to(device)
+    ae = reference.port_autoencoder(work.autoencoder[1]).to(device)
+    labels = torch.tensor(work.labels[0], dtype=torch.int64, device=device)
+    target = reference.target_gradients(net, reference.nhwc_to_nchw(work.info.normalize(work.x01[0])).to(device), labels)
     w = work.weights
     return reference.ReferenceAttack(net, target, labels, mean=work.info.mean, std=work.info.std, tv=w.tv,
                                      anomaly=w.anomaly, offset=w.anomaly_offset, ae=ae, iterations=ITERATIONS)
@@ -106,7 +114,7 @@ def check_equal(work: Workload, ref, tolerance: float) -> dict:
     x = jax.random.normal(jax.random.key(7), work.x01.shape[1:], jnp.float32)
     grads, labels, weights = _first(work)
     t_value, t_grad = ref.value_and_grad(reference.nhwc_to_nchw(x))
-    t_value, t_grad = float(t_value), t_grad.numpy().transpose(0, 2, 3, 1)
+    t_value, t_grad = float(t_value), t_grad.cpu().numpy().transpose(0, 2, 3, 1)
     found = {"torch_objective": t_value}
     for conv in ("native", "patch_grad"):
         objective = work.build(conv)
@@ -131,20 +139,32 @@ def step_flops(work: Workload) -> float:
     return float(cost["flops"])
 
 
-def time_torch(ref, shape, steps: int) -> dict:
-    """The reference's first step (its 'compile'), then the best of two runs of `steps` steps."""
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_torch(ref, shape, steps: int, device: str) -> dict:
+    """The reference's first step (its 'compile'), then the best of two runs of `steps` steps.
+    On CUDA also its peak allocated memory (torch.cuda.max_memory_allocated)."""
     x0 = torch.randn(shape[0], shape[3], shape[1], shape[2], generator=torch.Generator().manual_seed(0))
     ref.start(x0)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     ref.step()
+    _sync(device)
     first = time.perf_counter() - start
-    best = np.inf
+    best, cpu = np.inf, time.process_time()
     for _ in range(2):
         start = time.perf_counter()
         for _ in range(steps):
             ref.step()
+        _sync(device)
         best = min(best, (time.perf_counter() - start) / steps)
-    return {"compile_s": first, "step_s": best, "xla_peak_mib": None}
+    cpu_step_s = (time.process_time() - cpu) / (2 * steps)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return {"compile_s": first, "step_s": best, "cpu_step_s": cpu_step_s, "xla_peak_mib": None, "torch_peak_mib": peak}
 
 
 def time_job(work: Workload, conv: str, steps: int) -> dict:
@@ -158,15 +178,16 @@ def time_job(work: Workload, conv: str, steps: int) -> dict:
     compiled = chunk.lower(state, grads, labels, total).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(state, grads, labels, total))
-    best = np.inf
+    best, cpu = np.inf, time.process_time()
     for _ in range(2):
         start = time.perf_counter()
         jax.block_until_ready(compiled(state, grads, labels, total))
         best = min(best, time.perf_counter() - start)
+    cpu_step_s = (time.process_time() - cpu) / (2 * steps)
     stats = compiled.memory_analysis()
     mib = None if stats is None else (stats.argument_size_in_bytes + stats.output_size_in_bytes
                                       + stats.temp_size_in_bytes) / 2**20
-    return {"compile_s": compile_s, "step_s": best / steps, "xla_peak_mib": mib}
+    return {"compile_s": compile_s, "step_s": best / steps, "cpu_step_s": cpu_step_s, "xla_peak_mib": mib}
 
 
 def attack_counts(model: str, side: int, batch: int, attacks: list[int], max_work: dict) -> list[int]:
@@ -188,16 +209,32 @@ def main() -> None:
                         help="N for the batched engine (CPU: 1..32; GPU: e.g. 1 8 64 512)")
     parser.add_argument("--max-work", nargs="+", default=["convnet=32", "resnet18=8"],
                         help="MODEL=U: batched rows only while N x batch x (side/32)^2 <= U (time and memory)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="timed steps per measurement for a 32 px bs-1 workload; divided by the work units "
+                             "(batch x (side/32)^2) for bigger ones, at least 1")
+    parser.add_argument("--torch-device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="default", choices=["default", "highest"],
+                        help="highest: full fp32 matmuls/convs on both sides (JAX jax_default_matmul_precision, "
+                             "PyTorch TF32 off); default: each library's default (on GPUs, TF32 may be used)")
+    parser.add_argument("--strategies", nargs="+", default=None,
+                        help="engine strategies for the batched rows (default: vmap_patches on CPU, where native "
+                             "vmap hits slow grouped convolutions; vmap and vmap_patches elsewhere)")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--no-job", action="store_true", help="skip the job_native / job_patch_grad rows")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     max_work = {k: float(v) for k, v in (item.split("=") for item in args.max_work)}
+    if args.precision == "highest":
+        jax.config.update("jax_default_matmul_precision", "highest")
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    device = args.torch_device
+    strategies = args.strategies or (["vmap_patches"] if jax.default_backend() == "cpu" else ["vmap", "vmap_patches"])
     peak, peak_note = device_peak_flops()
     meta = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "load_before": load(),
             "backend": jax.default_backend(), "device": str(jax.devices()[0]), "machine": platform.machine(),
             "cpu": platform.processor() or "", "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch_device": args.torch_device, "precision": args.precision,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "peak_flops": peak, "peak_assumption": peak_note,
             **{p: importlib.metadata.version(p) for p in ("jax", "jaxlib", "flax", "optax", "torch", "numpy")}}
     print(json.dumps(meta), flush=True)
@@ -207,29 +244,34 @@ def main() -> None:
             for batch in args.batches:
                 counts = attack_counts(model, side, batch, args.attacks, max_work)
                 work = setup(model, max(counts), side, batch)
-                ref = torch_attack(work, model)
+                ref = torch_attack(work, model, device)
                 check = {"model": model, "side": side, "batch": batch, **check_equal(work, ref, args.tolerance)}
                 checks.append(check)
                 print(json.dumps(check), flush=True)
                 flops = step_flops(work)
                 shape = work.x01.shape[1:]
-                found = [("torch", 1, time_torch(ref, shape, args.steps))]
+                steps = max(1, int(args.steps // (batch * (side / 32) ** 2)))
+                found = [("torch", 1, time_torch(ref, shape, steps, device))]
                 if not args.no_job:
-                    found += [(f"job_{conv}", 1, time_job(work, conv, args.steps)) for conv in ("native", "patch_grad")]
-                found.append(("torch", 1, time_torch(ref, shape, args.steps)))  # interleaved: again after JAX
+                    found += [(f"job_{conv}", 1, time_job(work, conv, steps)) for conv in ("native", "patch_grad")]
+                found.append(("torch", 1, time_torch(ref, shape, steps, device)))  # interleaved: again after JAX
                 eng = engine.Engine(work.build, _optimizer(), work.info.bounds(), work.info.denormalize, shape=shape,
-                                    chunk_size=args.steps, mesh=engine.make_mesh(jax.devices()[:1]))
-                for n in counts:
-                    found.append((f"engine_vmap_patches", n, time_plan(eng, engine.Plan("vmap_patches", n, 1),
-                                                                      work.inputs, args.steps)))
+                                    chunk_size=steps, mesh=engine.make_mesh(jax.devices()[:1]))
+                for strategy in strategies:
+                    for n in counts:
+                        found.append((f"engine_{strategy}", n, time_plan(eng, engine.Plan(strategy, n, 1), work.inputs, steps)))
+                found.append(("torch", 1, time_torch(ref, shape, steps, device)))  # and after the engine
                 torch_runs = [r for mode, _, r in found if mode == "torch"]
                 torch_step = min(r["step_s"] for r in torch_runs)
                 merged = [("torch", 1, {**torch_runs[0], "step_s": torch_step,
+                                        "cpu_step_s": min(r["cpu_step_s"] for r in torch_runs),
                                         "torch_step_s_runs": [r["step_s"] for r in torch_runs]})]
                 merged += [f for f in found if f[0] != "torch"]
+                torch_cpu = merged[0][2]["cpu_step_s"]
                 for mode, n, r in merged:
-                    row = {"model": model, "side": side, "batch": batch, "mode": mode, "attacks": n, **r,
+                    row = {"model": model, "side": side, "batch": batch, "mode": mode, "attacks": n, "steps": steps, **r,
                            "attack_steps_per_s": n / r["step_s"], "vs_torch_sequential": torch_step * n / r["step_s"],
+                           "cpu_vs_torch_sequential": torch_cpu * n / r["cpu_step_s"],
                            "step_gflop": flops / 1e9, "achieved_gflops": flops * n / r["step_s"] / 1e9,
                            "fraction_of_peak": flops * n / r["step_s"] / peak,
                            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -218,8 +218,9 @@ class ReferenceAttack:
         self.target = [t.detach() for t in target_grads]
         self.target_norm = torch.sqrt(sum((t * t).sum() for t in self.target))
         self.labels = labels
-        self.mean = torch.as_tensor(np.asarray(mean, np.float32)).view(1, -1, 1, 1)
-        self.std = torch.as_tensor(np.asarray(std, np.float32)).view(1, -1, 1, 1)
+        device = self.target[0].device
+        self.mean = torch.as_tensor(np.asarray(mean, np.float32)).view(1, -1, 1, 1).to(device)
+        self.std = torch.as_tensor(np.asarray(std, np.float32)).view(1, -1, 1, 1).to(device)
         self.lo, self.hi = (0 - self.mean) / self.std, (1 - self.mean) / self.std
         self.tv, self.anomaly, self.offset, self.ae = tv, anomaly, offset, ae
         self.lr, self.iterations = lr, iterations
@@ -238,14 +239,14 @@ class ReferenceAttack:
         return value
 
     def value_and_grad(self, x: torch.Tensor):
-        x = x.detach().clone().requires_grad_(True)
+        x = x.detach().clone().to(self.mean.device).requires_grad_(True)
         value = self.objective(x)
         (grad,) = torch.autograd.grad(value, x)
         return value.detach(), grad
 
     def start(self, x0: torch.Tensor) -> None:
         """(Re)starts the attack from x0 (NCHW, normalized): a fresh Adam and schedule."""
-        self.x = x0.detach().clone().requires_grad_(True)
+        self.x = x0.detach().clone().to(self.mean.device).requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.x], lr=self.lr)
         milestones = [int(self.iterations // d) for d in MILESTONE_DIVISORS]
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=0.1)
