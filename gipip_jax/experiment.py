@@ -43,13 +43,17 @@ def train_prior(workdir: str, name: str, *, dataset: str, image_size: int | None
                 fraction: float | None = None, count: int | None = None, heldout_count: int = 1000) -> str:
     """Trains the AE prior on an auxiliary subset of `dataset`'s train split for about `steps`
     optimizer steps (batch 16; epochs = ceil(steps * 16 / aux size), so every fraction gets the same
-    budget and differs only in data). Returns the checkpoint path W/priors/NAME/ae."""
+    budget and differs only in data). A fraction that leaves fewer than `heldout_count` images out
+    takes all but those (100 % of a pool = all but its held-out images). Returns W/priors/NAME/ae."""
     folder = os.path.join(workdir, "priors", name)
     path = os.path.join(folder, "ae")
     if os.path.exists(path):
         return path
     pool = jobs.load_dataset(ml_collections.ConfigDict({"name": dataset, "image_size": image_size}), "train")
-    aux = len(data.auxiliary_indices(len(pool.labels), fraction=fraction, count=count, seed=0))
+    n = len(pool.labels)
+    aux = len(data.auxiliary_indices(n, fraction=fraction, count=count, seed=0))
+    if aux > n - heldout_count:   # "100 %": everything but the held-out images
+        fraction, count, aux = None, n - heldout_count, n - heldout_count
     config = configured(AE_CONFIG, {"data.name": dataset, "data.image_size": image_size, "aux.fraction": fraction,
                                     "aux.count": count, "heldout_count": heldout_count,
                                     "epochs": max(1, math.ceil(steps * 16 / aux))})
