@@ -7,6 +7,7 @@
     gipip-jax train-victim --config experiments/configs/victim_cifar10.py:smoke --workdir W
     gipip-jax utility      --config experiments/configs/utility_cifar10.py:smoke --workdir W
     gipip-jax summarize    W/results.jsonl [...]
+    gipip-jax report       W      (a study or experiment directory -> W/report.md, W/report.html)
 
 A config file defines `get_config(arg=None) -> ml_collections.ConfigDict`; `PATH:ARG` passes
 ARG. `--set key.sub=value` overrides a field (value parsed as a Python literal, else a string).
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     summarize = sub.add_parser("summarize", help="markdown table of results.jsonl files")
     summarize.add_argument("paths", nargs="+", help="results.jsonl files")
+    report = sub.add_parser("report", help="markdown/HTML report with plots and image grids of a study or experiment")
+    report.add_argument("workdir", help="a study directory (results.jsonl) or an experiment directory (experiment.json)")
     return parser
 
 
@@ -91,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         from gipip_jax import summarize
 
         return summarize.main(args.paths)
+    if args.command == "report":
+        from gipip_jax import data, report
+
+        try:
+            return report.main(args.workdir)
+        except (report.ReportError, data.DataError, ValueError, FileNotFoundError) as error:
+            print(f"gipip-jax: error: {error}", file=sys.stderr)
+            return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from gipip_jax import checkpoints, client, data, jobs, victims
     from gipip_jax.attack import AttackDivergedError
