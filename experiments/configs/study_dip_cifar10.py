@@ -10,10 +10,13 @@ alone and with the feature term.
 
 Commands, from the repository root:
   gipip-jax study --config experiments/configs/study_dip_cifar10.py:smoke --workdir runs/study_dip_smoke
-      2 targets x 20 iterations, unroll x2: under a minute on the 2-core CPU
+      2 targets x {no feature term, λ_feat 0.1} x 20 iterations, unroll x2: 6 min 44 s wall (2 min 5 s of
+      CPU time, mostly compiling) on the 2-core CPU shared with two other jobs (measured)
   gipip-jax study --config experiments/configs/study_dip_cifar10.py --workdir runs/study_dip_cifar10 \
-      --set "targets.starts=[0, 1, 2, 3]" --set attack.iterations=600
-      the measured CPU-budget run in experiments/README.md ("Learned-prior baselines (issue 8)")
+      --set "targets.starts=[0, 1, 2, 3]" --set attack.iterations=400
+      the measured CPU-budget run (with --set "grid.feature_weight=[0.1]" --set engine.strategy=unroll
+      --set engine.attacks_per_device=1 and 400 iterations: 31 min wall on the loaded 2-core CPU) in
+      experiments/README.md ("Learned-prior baselines (issue 8)")
 """
 
 import importlib.util

@@ -11,10 +11,12 @@ gan_cifar10_aux5).
 
 Commands, from the repository root:
   gipip-jax study --config experiments/configs/study_gan_cifar10.py:smoke --workdir runs/study_gan_smoke
-      2 targets x (10 + 10) iterations, unroll x2: under a minute on the 2-core CPU
+      2 targets x (10 + 10) iterations, unroll x2: a few minutes on the 2-core CPU (mostly compiling;
+      not timed alone)
   gipip-jax study --config experiments/configs/study_gan_cifar10.py --workdir runs/study_gan_cifar10 \
-      --set "targets.starts=[0, 1, 2, 3]" --set attack.iterations=600
-      the measured CPU-budget run (300 + 300 iterations) in experiments/README.md
+      --set "targets.starts=[0, 1, 2, 3]" --set attack.iterations=400
+      the measured CPU-budget run was 200 + 200 iterations (attack.iterations=400, engine unroll x1: 20 min
+      wall on the loaded 2-core CPU) in experiments/README.md
       ("Learned-prior baselines (issue 8)")
 For the aux-amount experiment: train a GAN per fraction (gipip-jax train-gan --config
 experiments/configs/gan_cifar10.py --workdir W_f --set aux.fraction=f), then
