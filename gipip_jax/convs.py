@@ -1,17 +1,26 @@
-"""Convolution implementations a victim can be built with, for batched attacks.
+"""Convolution implementations a victim can be built with, for fast attacks on CPUs and for batches.
 
-A gradient-inversion attack needs the victim's parameter gradient for its own candidate images.
-Under `vmap` over N independent attacks, JAX turns each conv's weight gradient into a grouped
-convolution over the attack axis, which XLA's CPU backend runs very slowly (measured: ~20x slower
-than the attacks one after another; BENCHMARKS.md). `patch_grad_conv` computes the same forward
-pass and input gradient with the native convolution, and only the weight gradient as a matmul of
-image patches with the output cotangent, which vmap turns into a batched matmul:
+A gradient-inversion attack needs the victim's parameter gradient for its own candidate images, and
+differentiates it again with respect to the images (the double backward). Two measured problems
+with XLA's native convolution on the CPU backend (BENCHMARKS.md):
 
-    dW[i, j, c, o] = sum_{b, h, w} patches(x)[b, h, w, (i, j, c)] * dy[b, h, w, o]
+- its weight gradient is slow even for one attack (patch form: 2.2-3x faster steps), and
+- under `vmap` over N independent attacks, JAX turns each conv's weight gradient into a grouped
+  convolution over the attack axis, which runs ~20x slower than the attacks one after another.
 
-Its backward pass is made of differentiable JAX ops, so the attack can differentiate the weight
-gradient again with respect to the images (the double backward). Only NHWC/HWIO convolutions
-without dilation or feature groups take this path; other settings use `lax.conv_general_dilated`.
+`patch_grad_conv` computes the convolution as an explicit im2col matmul: image patches built by
+padding and kh*kw strided slices (pure data movement, features ordered (i, j, c) like the rows of
+an HWIO kernel), times the kernel reshaped to (kh*kw*C, O). Everything is plain differentiable JAX,
+so autodiff makes every derivative a matmul or data movement, to any order:
+
+    y  = patches(x) @ W                  dW[(i, j, c), o] = sum_{b, h, w} patches(x)[b, h, w, (i, j, c)] * dy[b, h, w, o]
+    dx = patches^T(dy @ W^T)             (the adjoint of the slices: pads and adds)
+
+and vmap turns the weight gradient into a batched matmul. (The first version kept the native
+forward pass and input gradient and only replaced the weight gradient, via a custom VJP; the full
+im2col form measured 38-42 % less CPU time per attack step; BENCHMARKS.md.) Only NHWC/HWIO
+convolutions without dilation or feature groups take this path; other settings use
+`lax.conv_general_dilated`.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ def _patches(x: jax.Array, window: tuple, strides: tuple, padding: tuple, out_hw
     """Image patches (B, H', W', kh*kw*C), features ordered (i, j, c) like an HWIO kernel's rows.
 
     Built by padding and kh*kw strided slices: pure data movement. (`lax.conv_general_dilated_patches`
-    is a convolution with a one-hot kernel, measured 15 % slower per attack step on the CPU.)
+    is a convolution with a one-hot kernel: measured 15 % slower per attack step on the CPU.)
     """
     (kh, kw), (sh, sw), (oh, ow) = window, strides, out_hw
     xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
@@ -46,34 +55,19 @@ def _patches(x: jax.Array, window: tuple, strides: tuple, padding: tuple, out_hw
                             for i in range(kh) for j in range(kw)], axis=-1)
 
 
-def _patch_grad(window_strides: tuple, padding) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """conv(x (B,H,W,C), kernel (kh,kw,C,O)) -> (B,H',W',O) whose kernel gradient is a patch matmul."""
-
-    def conv(x, kernel):
-        return lax.conv_general_dilated(x, kernel, window_strides, padding, dimension_numbers=NHWC)
-
-    @jax.custom_vjp
-    def f(x, kernel):
-        return conv(x, kernel)
-
-    def fwd(x, kernel):
-        return conv(x, kernel), (x, kernel)
-
-    def bwd(residuals, dy):
-        x, kernel = residuals
-        kh, kw, c, o = kernel.shape
-        dx = jax.vjp(lambda v: conv(v, kernel), x)[1](dy)[0]
-        dkernel = jnp.einsum("bhwk,bhwo->ko", _patches(x, (kh, kw), window_strides, padding, dy.shape[1:3]), dy)
-        return dx, dkernel.reshape(kh, kw, c, o)
-
-    f.defvjp(fwd, bwd)
-    return f
+def _im2col_conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
+    """conv(x (B,H,W,C), kernel (kh,kw,C,O)) -> (B,H',W',O) as patches(x) @ kernel."""
+    kh, kw, c, o = kernel.shape
+    out_hw = tuple((size + lo + hi - k) // s + 1
+                   for size, (lo, hi), k, s in zip(x.shape[1:3], padding, (kh, kw), strides))
+    patches = _patches(x, (kh, kw), strides, padding, out_hw)
+    return jnp.einsum("bhwk,ko->bhwo", patches, kernel.reshape(kh * kw * c, o))
 
 
 def patch_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                     dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                     preferred_element_type=None):
-    """Drop-in for `lax.conv_general_dilated` (same signature) with a patch-matmul kernel gradient."""
+    """Drop-in for `lax.conv_general_dilated` (same signature) computed as an im2col matmul."""
     plain = (_is_nhwc(dimension_numbers) and feature_group_count == 1 and batch_group_count == 1
              and all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation or (1,)))
              and precision is None and preferred_element_type is None)
@@ -84,7 +78,7 @@ def patch_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_di
     if isinstance(padding, str):  # "SAME" / "VALID" (e.g. Flax's default for the 1x1 shortcut convs)
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return _patch_grad(tuple(int(s) for s in window_strides), padding)(lhs, rhs)
+    return _im2col_conv(lhs, rhs, tuple(int(s) for s in window_strides), padding)
 
 
 CONV_IMPLS: dict[str, Callable] = {"native": lax.conv_general_dilated, "patch_grad": patch_grad_conv}
