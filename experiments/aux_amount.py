@@ -9,13 +9,20 @@ with 3.8 % of ImageNet as auxiliary data.
 
     python experiments/aux_amount.py VARIANT [WORKDIR]      (default WORKDIR runs/aux_amount_VARIANT)
 
+Where a variant has `learned_priors` (smoke, full), a GIAS-style GAN prior is trained on each
+fraction too (GAN prior vs AE prior vs IG at each fraction) and feature matching + DIP, which uses
+no auxiliary data, is a second floor (issue 8).
+
 Variants (expected runtime):
-  smoke  tiny victim, 16 px, 2 fractions, 10 iterations: ~1.5 min on the 2-core CPU (tested in CI)
+  smoke  tiny victim, 16 px, 2 fractions, 10 iterations, GAN and DIP arms: ~3 min on the 2-core CPU
+         (tested in CI)
   cpu    the reduced budget measured here (experiments/README.md): untrained ConvNet, CIFAR-10 at
          32 px (4 targets, 500 iterations) and Tiny-ImageNet at 64 px (2 targets, 300 iterations),
-         AE 2,000 steps per fraction: ~35 min on the 2-core CPU
+         AE 2,000 steps per fraction, no GAN/DIP arms (a GAN costs ~30 min per fraction here):
+         ~35 min on a quiet 2-core CPU (80 min measured beside two other busy sessions)
   full   the authors' budget: ResNet-18, 10k iterations at 32 px and 48k at 64 px, 8 targets,
-         AE 20,000 steps: days on the CPU; on one GPU roughly a few hours (not measured: no GPU lent)
+         AE and GAN 20,000 steps, GIAS 3,000 + 3,000 iterations: weeks on the CPU; on one GPU
+         roughly a day (not measured: no GPU lent)
 Rerunning resumes; `gipip-jax report WORKDIR` rebuilds the report.
 """
 
@@ -31,6 +38,7 @@ VARIANTS = {
     "smoke": dict(datasets={"cifar10": dict(image_size=16, targets=2, iterations=10),
                             "tiny_imagenet": dict(image_size=16, targets=2, iterations=10)},
                   fractions=(0.005, 0.01), ae_steps=20, victim="convnet_tiny", lpips=None,
+                  learned_priors=dict(gan_steps=4, iterations=10),
                   engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 2, "engine.chunk_size": 5}),
     "cpu": dict(datasets={"cifar10": dict(image_size=None, targets=4, iterations=500),
                           "tiny_imagenet": dict(image_size=None, targets=2, iterations=300)},
@@ -38,7 +46,8 @@ VARIANTS = {
                 engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4, "engine.chunk_size": 50}),
     "full": dict(datasets={"cifar10": dict(image_size=None, targets=8, iterations=10_000),
                            "tiny_imagenet": dict(image_size=None, targets=8, iterations=48_000)},
-                 fractions=FRACTIONS, ae_steps=20_000, victim="resnet18", lpips="alexnet", engine={}),
+                 fractions=FRACTIONS, ae_steps=20_000, victim="resnet18", lpips="alexnet", engine={},
+                 learned_priors=dict(gan_steps=20_000, iterations=6000)),
 }
 NAMES = {"cifar10": "CIFAR-10", "tiny_imagenet": "Tiny-ImageNet"}
 
@@ -51,6 +60,32 @@ def study_fields(variant: dict, dataset: str, setup: dict) -> dict:
     if fields.get("engine.attacks_per_device"):   # a wave no larger than the study: no padding attacks
         fields["engine.attacks_per_device"] = min(fields["engine.attacks_per_device"], setup["targets"])
     return fields
+
+
+def _learned_prior_fields(variant: dict, fields: dict) -> dict:
+    """A GAN/DIP study's fields: per-attack generator / U-Net weights run one after another (vmap would
+    turn their weight gradients into grouped convolutions, slow on CPU)."""
+    out = {**fields, "attack.iterations": variant["learned_priors"]["iterations"], "grid.as_weight": [0.0]}
+    if variant["engine"]:
+        out.update({"engine.strategy": "unroll", "engine.attacks_per_device": 1})
+    return out
+
+
+def gan_arm(workdir: str, variant: dict, fields: dict, dataset: str, setup: dict, fraction: float, tag: str) -> dict:
+    """GIAS-style GAN prior trained on the same auxiliary fraction as the AE (issue 8)."""
+    gan = experiment.train_gan(workdir, tag, dataset=dataset, image_size=setup["image_size"], fraction=fraction,
+                               steps=variant["learned_priors"]["gan_steps"])
+    experiment.run_study(workdir, f"{tag}_gan", {**_learned_prior_fields(variant, fields), "gan.checkpoint": gan},
+                         spec=experiment.STUDY_GAN_CONFIG)
+    return {"dir": f"studies/{tag}_gan", "x": 100 * fraction, "series": f"GAN prior ({NAMES[dataset]})"}
+
+
+def dip_arm(workdir: str, variant: dict, fields: dict, dataset: str) -> dict:
+    """Feature matching + deep image prior: uses no auxiliary data, so a floor like IG (issue 8)."""
+    tag = f"{dataset}_dip"
+    experiment.run_study(workdir, tag, {**_learned_prior_fields(variant, fields), "grid.feature_weight": [0.1]},
+                         spec=experiment.STUDY_DIP_CONFIG)
+    return {"dir": f"studies/{tag}", "x": None, "series": f"DIP + features ({NAMES[dataset]})"}
 
 
 def run(name: str, workdir: str) -> dict:
@@ -73,6 +108,10 @@ def run(name: str, workdir: str) -> dict:
                          f"{meta.get('heldout_mse', float('nan')):.4f} (c = {meta['as_offset']})")
             experiment.run_study(workdir, tag, {**fields, "grid.as_weight": [GIPIP_AS_WEIGHT], "prior.checkpoint": prior})
             studies.append({"dir": f"studies/{tag}", "x": 100 * fraction, "series": f"GI-PIP ({NAMES[dataset]})"})
+            if variant.get("learned_priors"):
+                studies.append(gan_arm(workdir, variant, fields, dataset, setup, fraction, tag))
+        if variant.get("learned_priors"):
+            studies.append(dip_arm(workdir, variant, fields, dataset))
     manifest = {
         "title": f"Auxiliary data amount vs reconstruction ({name})",
         "description": "GI-PIP with AE priors trained on growing fractions of the auxiliary pool (same step "

@@ -7,10 +7,14 @@ in-distribution AE and GI-PIP with the other one, on the same targets.
 
     python experiments/ood.py VARIANT [WORKDIR]      (default WORKDIR runs/ood_VARIANT)
 
+Where a variant has `learned_priors` (smoke, full), GIAS-style GAN priors trained on the same two
+auxiliary sets and feature matching + DIP (no auxiliary data) attack the same targets (issue 8).
+
 Variants (expected runtime):
-  smoke  tiny victim, 16 px, 128 aux images, 10 iterations: ~1.5 min on the 2-core CPU (tested in CI)
+  smoke  tiny victim, 16 px, 128 aux images, 10 iterations, GAN and DIP arms: ~3 min on the 2-core
+         CPU (tested in CI)
   cpu    untrained ConvNet at 32 px, 2,000 aux images each (4 % of CIFAR-10's pool), AE 2,000 steps,
-         4 targets per set, 500 iterations: ~10 min on the 2-core CPU
+         4 targets per set, 500 iterations, no GAN/DIP arms: ~10 min on a quiet 2-core CPU
   full   ResNet-18, 10k iterations, 8 targets, AE 20,000 steps: about a day on the CPU; on one GPU
          roughly an hour (not measured: no GPU lent)
 """
@@ -25,13 +29,14 @@ GIPIP_AS_WEIGHT = 1e-4
 DATASETS = {"cifar10": "CIFAR-10", "tiny_imagenet": "Tiny-ImageNet"}
 VARIANTS = {
     "smoke": dict(image_size=16, aux_count=128, ae_steps=20, targets=2, iterations=10, victim="convnet_tiny",
+                  learned_priors=dict(gan_steps=4, iterations=10),
                   lpips=None, engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 2,
                                       "engine.chunk_size": 5}),
     "cpu": dict(image_size=32, aux_count=2000, ae_steps=2000, targets=4, iterations=500, victim="convnet",
                 lpips="alexnet", engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4,
                                          "engine.chunk_size": 50}),
     "full": dict(image_size=32, aux_count=2000, ae_steps=20_000, targets=8, iterations=10_000, victim="resnet18",
-                 lpips="alexnet", engine={}),
+                 lpips="alexnet", engine={}, learned_priors=dict(gan_steps=20_000, iterations=6000)),
 }
 
 
@@ -39,8 +44,13 @@ def run(name: str, workdir: str) -> dict:
     if name not in VARIANTS:
         raise SystemExit(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
     v = VARIANTS[name]
-    priors, notes = {}, []
+    priors, gans, notes = {}, {}, []
+    learned = v.get("learned_priors")
     for dataset in DATASETS:
+        if learned:
+            gans[dataset] = experiment.train_gan(workdir, f"{dataset}_{v['aux_count']}", dataset=dataset,
+                                                 image_size=v["image_size"], count=v["aux_count"],
+                                                 steps=learned["gan_steps"])
         priors[dataset] = experiment.train_prior(workdir, f"{dataset}_{v['aux_count']}", dataset=dataset,
                                                  image_size=v["image_size"], count=v["aux_count"],
                                                  steps=v["ae_steps"], heldout_count=64 if name == "smoke" else 1000)
@@ -61,6 +71,19 @@ def run(name: str, workdir: str) -> dict:
                                                 "prior.checkpoint": priors[source]})
             series = "GI-PIP, AE in-distribution" if source == target else "GI-PIP, AE other distribution"
             studies.append({"dir": f"studies/{arm}", "x": f"{DATASETS[target]} targets", "series": series})
+        if learned:   # issue 8: the GAN prior from either distribution, and DIP (no auxiliary data)
+            slow = {**fields, "attack.iterations": learned["iterations"], "grid.as_weight": [0.0],
+                    **({"engine.strategy": "unroll", "engine.attacks_per_device": 1} if v["engine"] else {})}
+            for source in DATASETS:
+                arm = f"{target}_gan_{source}"
+                experiment.run_study(workdir, arm, {**slow, "gan.checkpoint": gans[source]},
+                                     spec=experiment.STUDY_GAN_CONFIG)
+                series = "GAN prior in-distribution" if source == target else "GAN prior other distribution"
+                studies.append({"dir": f"studies/{arm}", "x": f"{DATASETS[target]} targets", "series": series})
+            experiment.run_study(workdir, f"{target}_dip", {**slow, "grid.feature_weight": [0.1]},
+                                 spec=experiment.STUDY_DIP_CONFIG)
+            studies.append({"dir": f"studies/{target}_dip", "x": f"{DATASETS[target]} targets",
+                            "series": "DIP + features"})
     manifest = {
         "title": f"Out-of-distribution auxiliary data ({name})",
         "description": f"AE priors trained on {v['aux_count']} images of CIFAR-10 or of Tiny-ImageNet (resized to "

@@ -21,6 +21,9 @@ from gipip_jax import checkpoints, data, jobs, report, study
 AE_CONFIG = "experiments/configs/ae_cifar10.py"
 VICTIM_CONFIG = "experiments/configs/victim_cifar10.py"
 STUDY_CONFIG = "experiments/configs/study_cifar10.py"
+GAN_CONFIG = "experiments/configs/gan_cifar10.py"
+STUDY_GAN_CONFIG = "experiments/configs/study_gan_cifar10.py"
+STUDY_DIP_CONFIG = "experiments/configs/study_dip_cifar10.py"
 
 
 def configured(spec: str, fields: dict) -> ml_collections.ConfigDict:
@@ -58,6 +61,24 @@ def train_prior(workdir: str, name: str, *, dataset: str, image_size: int | None
                                     "aux.count": count, "heldout_count": heldout_count,
                                     "epochs": max(1, math.ceil(steps * 16 / aux))})
     jobs.train_ae(config, folder)
+    return path
+
+
+def train_gan(workdir: str, name: str, *, dataset: str, image_size: int | None, steps: int,
+              fraction: float | None = None, count: int | None = None) -> str:
+    """Trains the GAN prior (DCGAN) on the same auxiliary subset `train_prior` gives the AE, for about
+    `steps` steps of batch min(64, aux size). Returns the checkpoint path W/priors/NAME/gan."""
+    folder = os.path.join(workdir, "priors", name)
+    path = os.path.join(folder, "gan")
+    if os.path.exists(path):
+        return path
+    pool = jobs.load_dataset(ml_collections.ConfigDict({"name": dataset, "image_size": image_size}), "train")
+    aux = len(data.auxiliary_indices(len(pool.labels), fraction=fraction, count=count, seed=0))
+    batch = min(64, aux)
+    config = configured(GAN_CONFIG, {"data.name": dataset, "data.image_size": image_size, "aux.fraction": fraction,
+                                     "aux.count": count, "batch_size": batch,
+                                     "epochs": max(1, math.ceil(steps / (aux // batch)))})
+    jobs.train_gan(config, folder)
     return path
 
 
