@@ -109,7 +109,7 @@ def torch_attack(work: Workload, model: str, device: str):
                                      anomaly=w.anomaly, offset=w.anomaly_offset, ae=ae, iterations=ITERATIONS)
 
 
-def check_equal(work: Workload, ref, tolerance: float) -> dict:
+def check_equal(work: Workload, ref, tolerance: float, kink_tolerance: float) -> dict:
     """Objective value and pixel gradient, JAX (native and patch_grad) vs PyTorch, same x; asserts."""
     x = jax.random.normal(jax.random.key(7), work.x01.shape[1:], jnp.float32)
     grads, labels, weights = _first(work)
@@ -123,9 +123,14 @@ def check_equal(work: Workload, ref, tolerance: float) -> dict:
         rel_value = abs(float(value) - t_value) / abs(t_value)
         rel_grad = float(np.linalg.norm(grad - t_grad) / np.linalg.norm(t_grad))
         found.update({f"{conv}_objective": float(value), f"{conv}_rel_value": rel_value, f"{conv}_rel_grad": rel_grad})
-        if not (rel_value < tolerance and rel_grad < tolerance):
+        # patch_grad's forward pass (an im2col matmul) rounds differently from a native conv at the
+        # ulp level, which can flip ReLU / max-pool decisions of activations at a kink, so its pixel
+        # gradient may differ more at some x (measured: ConvNet 64 px bs 4, up to 6e-3; < 1e-6 at most
+        # points); its objective value must still agree to `tolerance`.
+        grad_tolerance = tolerance if conv == "native" else kink_tolerance
+        if not (rel_value < tolerance and rel_grad < grad_tolerance):
             raise AssertionError(f"JAX ({conv}) and PyTorch disagree: objective {float(value)} vs {t_value} "
-                                 f"(rel {rel_value:.2e}), pixel gradient rel {rel_grad:.2e} (tolerance {tolerance})")
+                                 f"(rel {rel_value:.2e}), pixel gradient rel {rel_grad:.2e} (tolerance {tolerance}, {grad_tolerance})")
     return found
 
 
@@ -196,6 +201,26 @@ def attack_counts(model: str, side: int, batch: int, attacks: list[int], max_wor
     return [n for n in attacks if n == 1 or n * units <= max_work[model]]
 
 
+MODE_NAMES = {"torch": "PyTorch reference (sequential)", "job_native": "JAX attack job, native convs",
+              "job_patch_grad": "JAX attack job, patch-grad convs", "engine_vmap_patches": "JAX engine, vmap_patches",
+              "engine_vmap": "JAX engine, vmap (native convs)"}
+
+
+def markdown(results: dict) -> str:
+    """The BENCHMARKS.md table of a results JSON written by this script."""
+    lines = ["| model | px | bs | mode | N | compile (s) | ms / step (all N) | attack-steps/s | vs PyTorch "
+             "sequential (wall) | vs PyTorch (CPU time) | GFLOP/s | % of peak | XLA peak est. (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    names = {"convnet": "ConvNet", "resnet18": "ResNet-18"}
+    for r in results["rows"]:
+        mib = "" if r["xla_peak_mib"] is None else f"{r['xla_peak_mib']:.0f}"
+        lines.append(f"| {names.get(r['model'], r['model'])} | {r['side']} | {r['batch']} | {MODE_NAMES.get(r['mode'], r['mode'])} "
+                     f"| {r['attacks']} | {r['compile_s']:.1f} | {1000 * r['step_s']:.0f} | {r['attack_steps_per_s']:.2f} "
+                     f"| {r['vs_torch_sequential']:.2f} | {r['cpu_vs_torch_sequential']:.2f} | {r['achieved_gflops']:.1f} "
+                     f"| {100 * r['fraction_of_peak']:.1f} | {mib} |")
+    return "\n".join(lines)
+
+
 def load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
@@ -220,9 +245,16 @@ def main() -> None:
                         help="engine strategies for the batched rows (default: vmap_patches on CPU, where native "
                              "vmap hits slow grouped convolutions; vmap and vmap_patches elsewhere)")
     parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--kink-tolerance", type=float, default=1e-2,
+                        help="pixel-gradient tolerance for the patch_grad (im2col) victim; see check_equal")
     parser.add_argument("--no-job", action="store_true", help="skip the job_native / job_patch_grad rows")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--table", default=None, help="print the markdown table of this results JSON and exit")
     args = parser.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            print(markdown(json.load(f)))
+        return
     max_work = {k: float(v) for k, v in (item.split("=") for item in args.max_work)}
     if args.precision == "highest":
         jax.config.update("jax_default_matmul_precision", "highest")
@@ -245,7 +277,7 @@ def main() -> None:
                 counts = attack_counts(model, side, batch, args.attacks, max_work)
                 work = setup(model, max(counts), side, batch)
                 ref = torch_attack(work, model, device)
-                check = {"model": model, "side": side, "batch": batch, **check_equal(work, ref, args.tolerance)}
+                check = {"model": model, "side": side, "batch": batch, **check_equal(work, ref, args.tolerance, args.kink_tolerance)}
                 checks.append(check)
                 print(json.dumps(check), flush=True)
                 flops = step_flops(work)
