@@ -30,7 +30,7 @@ def get_config(arg=None):
     c.victim = dict(name="lenet", checkpoint="", init_seed=0)
     c.prior = dict(checkpoint="", offset=None)
     c.attack = dict(optimizer="lbfgs", labels="dlg", matching="l2", tv_weight=0.0, as_weight=0.0, bn_weight=0.0,
-                    learning_rate=1.0, signed=False, iterations=6_000, restarts=1, chunk_size=100)
+                    learning_rate=1.0, signed=False, iterations=6_000, restarts=1, chunk_size=100, conv="auto")
     c.metrics = dict(lpips_net="alexnet")
     if arg == "smoke":
         c.targets.starts = [0]

@@ -27,7 +27,8 @@ def get_config(arg=None):
     c.victim = dict(name="resnet18", checkpoint="", init_seed=0)
     c.prior = dict(checkpoint="experiments/checkpoints/ae_cifar10_aux5", offset=None)
     c.attack = dict(matching="cosine", tv_weight=1e-6, as_weight=1e-6, learning_rate=0.1, signed=False,
-                    iterations=10_000, restarts=1, chunk_size=100)
+                    iterations=10_000, restarts=1, chunk_size=100,
+                    conv="auto")  # the attacked victim copy's convs: auto (patch_grad on CPU) | native | patch_grad
     c.metrics = dict(lpips_net="alexnet")
     if arg == "smoke":
         c.targets.starts = [0]
