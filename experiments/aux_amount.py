@@ -63,12 +63,8 @@ def study_fields(variant: dict, dataset: str, setup: dict) -> dict:
 
 
 def _learned_prior_fields(variant: dict, fields: dict) -> dict:
-    """A GAN/DIP study's fields: per-attack generator / U-Net weights run one after another (vmap would
-    turn their weight gradients into grouped convolutions, slow on CPU)."""
-    out = {**fields, "attack.iterations": variant["learned_priors"]["iterations"], "grid.as_weight": [0.0]}
-    if variant["engine"]:
-        out.update({"engine.strategy": "unroll", "engine.attacks_per_device": 1})
-    return out
+    return experiment.learned_prior_fields(fields, variant["learned_priors"]["iterations"],
+                                           pinned_engine=bool(variant["engine"]))
 
 
 def gan_arm(workdir: str, variant: dict, fields: dict, dataset: str, setup: dict, fraction: float, tag: str) -> dict:
@@ -123,13 +119,5 @@ def run(name: str, workdir: str) -> dict:
     return experiment.finish(workdir, manifest)
 
 
-def main(argv: list[str]) -> int:
-    if not argv or len(argv) > 2:
-        print(__doc__)
-        return 2
-    run(argv[0], argv[1] if len(argv) > 1 else f"runs/aux_amount_{argv[0]}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(experiment.main(run, __doc__, "aux_amount", sys.argv[1:]))

@@ -72,8 +72,7 @@ def run(name: str, workdir: str) -> dict:
             series = "GI-PIP, AE in-distribution" if source == target else "GI-PIP, AE other distribution"
             studies.append({"dir": f"studies/{arm}", "x": f"{DATASETS[target]} targets", "series": series})
         if learned:   # issue 8: the GAN prior from either distribution, and DIP (no auxiliary data)
-            slow = {**fields, "attack.iterations": learned["iterations"], "grid.as_weight": [0.0],
-                    **({"engine.strategy": "unroll", "engine.attacks_per_device": 1} if v["engine"] else {})}
+            slow = experiment.learned_prior_fields(fields, learned["iterations"], pinned_engine=bool(v["engine"]))
             for source in DATASETS:
                 arm = f"{target}_gan_{source}"
                 experiment.run_study(workdir, arm, {**slow, "gan.checkpoint": gans[source]},
@@ -95,13 +94,5 @@ def run(name: str, workdir: str) -> dict:
     return experiment.finish(workdir, manifest)
 
 
-def main(argv: list[str]) -> int:
-    if not argv or len(argv) > 2:
-        print(__doc__)
-        return 2
-    run(argv[0], argv[1] if len(argv) > 1 else f"runs/ood_{argv[0]}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(experiment.main(run, __doc__, "ood", sys.argv[1:]))

@@ -87,13 +87,5 @@ def run(name: str, workdir: str) -> dict:
     return experiment.finish(workdir, manifest)
 
 
-def main(argv: list[str]) -> int:
-    if not argv or len(argv) > 2:
-        print(__doc__)
-        return 2
-    run(argv[0], argv[1] if len(argv) > 1 else f"runs/paper_bars_{argv[0]}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(experiment.main(run, __doc__, "paper_bars", sys.argv[1:]))

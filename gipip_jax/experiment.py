@@ -108,9 +108,28 @@ def run_study(workdir: str, name: str, fields: dict, spec: str = STUDY_CONFIG) -
     return folder
 
 
+def learned_prior_fields(fields: dict, iterations: int, *, pinned_engine: bool) -> dict:
+    """A GAN/DIP study's fields from a pixel study's: `iterations`, no AS, and (when the driver pins
+    the engine plan) per-attack generator / U-Net weights run one after another, since vmap would
+    turn their weight gradients into grouped convolutions, slow on CPU."""
+    out = {**fields, "attack.iterations": iterations, "grid.as_weight": [0.0]}
+    if pinned_engine:
+        out.update({"engine.strategy": "unroll", "engine.attacks_per_device": 1})
+    return out
+
+
 def prior_metadata(path: str) -> dict:
     """The AE checkpoint's metadata (aux count and fraction, held-out error, ...)."""
     return checkpoints.load_autoencoder(path)[2]
+
+
+def main(run, doc: str, name: str, argv: list[str]) -> int:
+    """A driver's command line: `python experiments/NAME.py VARIANT [WORKDIR]` (default runs/NAME_VARIANT)."""
+    if not argv or len(argv) > 2:
+        print(doc)
+        return 2
+    run(argv[0], argv[1] if len(argv) > 1 else f"runs/{name}_{argv[0]}")
+    return 0
 
 
 def finish(workdir: str, manifest: dict) -> dict:
