@@ -23,25 +23,15 @@ import importlib.util
 import os
 
 
-def _study_config(arg):
-    spec = importlib.util.spec_from_file_location("study_cifar10", os.path.join(os.path.dirname(__file__), "study_cifar10.py"))
+def get_config(arg=None):
+    """study_gan_cifar10's config (it carries both the gan and dip blocks), switched to the DIP attack."""
+    spec = importlib.util.spec_from_file_location(
+        "study_gan_cifar10", os.path.join(os.path.dirname(__file__), "study_gan_cifar10.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
-def get_config(arg=None):
-    if arg not in (None, "smoke"):
-        raise ValueError(f"unknown config argument {arg!r}; use ':smoke' or nothing")
-    c = _study_config(arg)
+    c = module.get_config(arg)
     c.name = "dip"
     c.attack.parameterization = "dip"
     c.attack.iterations = 2000 if arg is None else 20
-    c.grid.as_weight = [0.0]
     c.grid.feature_weight = [0.0, 0.1]
-    c.gan = dict(checkpoint="experiments/checkpoints/gan_cifar10_aux5", latent_iterations=None,
-                 latent_lr=0.1, generator_lr=1e-4)
-    c.dip = dict(widths=[16, 32, 64], learning_rate=0.01, noise_channels=32, noise_std=0.1)
-    if arg == "smoke":
-        c.engine.strategy, c.engine.attacks_per_device = "unroll", 2
     return c
