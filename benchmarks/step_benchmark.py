@@ -7,7 +7,7 @@ For every (victim, image side, batch size): untrained victim (seed 0), real CIFA
 (bilinearly resized for 64 px), the shipped AE prior, GI-PIP's weights for that batch size. Before
 any timing it asserts that gipip_jax's objective (native and patch-gradient convs) and the PyTorch
 reference (benchmarks/torch_reference.py, weights ported through NumPy) give the same objective
-value and pixel gradient on the same inputs (relative difference < --tolerance).
+value (relative difference < --tolerance) and pixel gradient (< --kink-tolerance) on the same inputs.
 
 Rows (one per mode; the PyTorch and JAX timings of a workload are taken interleaved, so both see
 the same machine load: PyTorch before, between and after the JAX rows, best of the three; every
@@ -123,14 +123,14 @@ def check_equal(work: Workload, ref, tolerance: float, kink_tolerance: float) ->
         rel_value = abs(float(value) - t_value) / abs(t_value)
         rel_grad = float(np.linalg.norm(grad - t_grad) / np.linalg.norm(t_grad))
         found.update({f"{conv}_objective": float(value), f"{conv}_rel_value": rel_value, f"{conv}_rel_grad": rel_grad})
-        # patch_grad's forward pass (an im2col matmul) rounds differently from a native conv at the
-        # ulp level, which can flip ReLU / max-pool decisions of activations at a kink, so its pixel
-        # gradient may differ more at some x (measured: ConvNet 64 px bs 4, up to 6e-3; < 1e-6 at most
-        # points); its objective value must still agree to `tolerance`.
-        grad_tolerance = tolerance if conv == "native" else kink_tolerance
-        if not (rel_value < tolerance and rel_grad < grad_tolerance):
+        # float32 convolutions that round differently at the ulp level (XLA's native conv, the im2col
+        # matmul, oneDNN) can flip ReLU / max-pool decisions of activations sitting at a kink, so the
+        # pixel gradient may differ more at some x (measured: ConvNet 64 px bs 4 patch_grad 5.9e-3,
+        # ResNet-18 64 px bs 4 native 6.4e-4; < 2e-6 on every other workload); the objective value
+        # must still agree to `tolerance`.
+        if not (rel_value < tolerance and rel_grad < kink_tolerance):
             raise AssertionError(f"JAX ({conv}) and PyTorch disagree: objective {float(value)} vs {t_value} "
-                                 f"(rel {rel_value:.2e}), pixel gradient rel {rel_grad:.2e} (tolerance {tolerance}, {grad_tolerance})")
+                                 f"(rel {rel_value:.2e}), pixel gradient rel {rel_grad:.2e} (tolerances {tolerance}, {kink_tolerance})")
     return found
 
 
@@ -244,9 +244,9 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=None,
                         help="engine strategies for the batched rows (default: vmap_patches on CPU, where native "
                              "vmap hits slow grouped convolutions; vmap and vmap_patches elsewhere)")
-    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="objective-value tolerance")
     parser.add_argument("--kink-tolerance", type=float, default=1e-2,
-                        help="pixel-gradient tolerance for the patch_grad (im2col) victim; see check_equal")
+                        help="pixel-gradient tolerance (float32 kinks; see check_equal)")
     parser.add_argument("--no-job", action="store_true", help="skip the job_native / job_patch_grad rows")
     parser.add_argument("--out", default=None)
     parser.add_argument("--table", default=None, help="print the markdown table of this results JSON and exit")
