@@ -64,21 +64,6 @@ def _batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
     )
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pool with stride 2 of (B, H, W, C) -> (B, H//2, W//2, C), as a reshape and a max.
-
-    Same values as `nn.max_pool(x, (2, 2), strides=(2, 2))` (which it falls back to for odd H or W);
-    its derivative is an equality mask instead of the reduce-window/select machinery, which made
-    the ConvNet's double-backward attack step 6 % faster on the CPU at 64 px bs 4 (BENCHMARKS.md).
-    At ties the gradient is split between the maxima instead of going to the first; ties among
-    ReLU outputs are zeros, whose ReLU derivative is 0, so gradients w.r.t. images and weights agree.
-    """
-    b, h, w, c = x.shape
-    if h % 2 or w % 2:
-        return nn.max_pool(x, (2, 2), strides=(2, 2))
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
 class LeNet(nn.Module):
     """DLG's LeNet: three sigmoid 5x5 convs (12 channels) and one dense layer."""
 
@@ -109,7 +94,7 @@ class ConvNet(nn.Module):
             x = nn.Conv(width, (3, 3), padding=1, use_bias=False, conv_general_dilated=self.conv)(x)
             x = nn.relu(_batch_norm(train)(x))
             if index in (1, 3, 4):
-                x = max_pool_2x2(x)
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes)(x)
 
