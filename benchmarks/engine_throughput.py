@@ -25,6 +25,7 @@ import time
 from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gipip_jax import attack, checkpoints, data, engine
@@ -88,6 +89,12 @@ def setup(model: str, count: int, side: int = 32, batch: int = 1) -> Workload:
                               reconstruct=lambda x: module.apply({"params": ae_params}, x))
 
     return Workload(info, variables, (module, ae_params), weights, x01, labels, inputs, build)
+
+
+def one_attack(work: Workload, i: int = 0):
+    """Attack i's (target_grads, labels, weights) as device arrays."""
+    return (jax.tree.map(lambda a: jnp.asarray(a[i]), work.inputs.target_grads), jnp.asarray(work.labels[i]),
+            jax.tree.map(lambda a: jnp.asarray(a[i]), work.inputs.weights))
 
 
 def time_plan(eng: engine.Engine, plan: engine.Plan, inputs, steps: int) -> dict:

@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from engine_throughput import setup
+from engine_throughput import one_attack, setup
 
 
 def op_times(trace_dir: str, steps: int) -> collections.Counter:
@@ -60,7 +60,7 @@ def main() -> None:
 
     work = setup(args.model, 1, args.side, args.batch)
     objective = work.build(args.conv)
-    grads, labels = jax.tree.map(lambda a: a[0], work.inputs.target_grads), work.inputs.labels[0]
+    grads, labels, _ = one_attack(work)
     x = jax.random.normal(jax.random.key(3), work.x01.shape[1:])
     step = jax.jit(jax.value_and_grad(lambda x: objective(x, grads, labels, work.weights)[0]))
     jax.block_until_ready(step(x))

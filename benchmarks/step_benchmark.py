@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine_throughput import Workload, setup, time_plan
+from engine_throughput import Workload, one_attack, setup, time_plan
 from gipip_jax import attack, engine
 
 # PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed CPU that collapses its
@@ -92,12 +92,6 @@ def _optimizer():
     return attack.make_optimizer(0.1, ITERATIONS, signed=False)
 
 
-def _first(work: Workload, i: int = 0):
-    """Attack i's (target_grads, labels, weights) as device arrays."""
-    return (jax.tree.map(lambda a: jnp.asarray(a[i]), work.inputs.target_grads), jnp.asarray(work.labels[i]),
-            jax.tree.map(lambda a: jnp.asarray(a[i]), work.inputs.weights))
-
-
 def torch_attack(work: Workload, model: str, device: str):
     """The PyTorch reference attack on attack 0's target, with the victim and AE ported from JAX."""
     net = reference.port_victim(model, work.variables, work.info.num_classes).to(device)
@@ -112,7 +106,7 @@ def torch_attack(work: Workload, model: str, device: str):
 def check_equal(work: Workload, ref, tolerance: float, kink_tolerance: float) -> dict:
     """Objective value and pixel gradient, JAX (native and patch_grad) vs PyTorch, same x; asserts."""
     x = jax.random.normal(jax.random.key(7), work.x01.shape[1:], jnp.float32)
-    grads, labels, weights = _first(work)
+    grads, labels, weights = one_attack(work)
     t_value, t_grad = ref.value_and_grad(reference.nhwc_to_nchw(x))
     t_value, t_grad = float(t_value), t_grad.cpu().numpy().transpose(0, 2, 3, 1)
     found = {"torch_objective": t_value}
@@ -137,7 +131,7 @@ def check_equal(work: Workload, ref, tolerance: float, kink_tolerance: float) ->
 def step_flops(work: Workload) -> float:
     """XLA's FLOP count of one jitted attack step (native convs; one attack)."""
     step = attack.make_attack(work.build("native"), _optimizer(), work.info.bounds())
-    grads, labels, weights = _first(work)
+    grads, labels, weights = one_attack(work)
     state = step.init(jax.random.key(0), work.x01.shape[1:])
     cost = jax.jit(step.step).lower(state, grads, labels, weights).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -176,7 +170,7 @@ def time_job(work: Workload, conv: str, steps: int) -> dict:
     """The `gipip-jax attack` path: make_attack + make_chunk_runner (one jitted lax.scan chunk)."""
     att = attack.make_attack(work.build(conv), _optimizer(), work.info.bounds())
     chunk = attack.make_chunk_runner(att, steps)
-    grads, labels, _ = _first(work)
+    grads, labels, _ = one_attack(work)
     state = att.init(jax.random.key(0), work.x01.shape[1:])
     total = jnp.asarray(ITERATIONS, jnp.int32)
     start = time.perf_counter()
