@@ -23,6 +23,17 @@ BatchNorm everywhere is ``nn.BatchNorm(use_running_average=not train,
 momentum=0.9, epsilon=1e-5)``; eval mode (``train=False``) uses the running
 statistics and is pure.
 
+Initialization (``make_victim(..., init=...)``, config ``victim.init``) for ConvNet and ResNet:
+
+* ``"flax"``: Flax's defaults (convs and dense kernels truncated lecun_normal, fan-in; dense bias 0).
+* ``"torch"``: what the GI-PIP authors' PyTorch victims get. ResNet: their init loop,
+  ``kaiming_normal_(mode="fan_out", nonlinearity="relu")`` for every conv, i.e. N(0, 2 / (out·kh·kw))
+  untruncated. ConvNet (no init loop in PyTorch code): ``nn.Conv2d``'s default,
+  U(±1/sqrt(in·kh·kw)). Dense: ``nn.Linear``'s default, weights and bias U(±1/sqrt(fan_in)). BN
+  scale 1, bias 0 (the same in both).
+
+LeNet always uses DLG's U(-0.5, 0.5).
+
 Every model takes a ``conv`` field (default ``lax.conv_general_dilated``): the batched attack
 engine builds the same victim with :func:`gipip_jax.convs.patch_grad_conv`, which changes how
 weight gradients are computed, not the parameters or the function.
@@ -58,6 +69,28 @@ def _uniform_init(low: float, high: float) -> Callable[..., jax.Array]:
     return init
 
 
+INITS = ("flax", "torch")
+
+
+def _conv_kernel_init(init: str, style: str):
+    """Kernel initializer of a (kh, kw, in, out) conv: Flax's default, or PyTorch's `style`
+    ("kaiming_fan_out": kaiming_normal_ fan_out relu; "default": nn.Conv2d's U(±1/sqrt(fan_in)))."""
+    if init == "flax":
+        return nn.linear.default_kernel_init
+    if style == "kaiming_fan_out":
+        return jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # "normal" is untruncated in jax
+    return jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _dense(init: str, features: int, fan_in: int) -> nn.Dense:
+    """The classification layer: Flax's default, or nn.Linear's (weights and bias U(±1/sqrt(fan_in)))."""
+    if init == "flax":
+        return nn.Dense(features)
+    bound = 1.0 / fan_in ** 0.5
+    return nn.Dense(features, kernel_init=jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+                    bias_init=_uniform_init(-bound, bound))
+
+
 def _batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
     return nn.BatchNorm(
         use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
@@ -87,16 +120,19 @@ class ConvNet(nn.Module):
     num_classes: int
     widths: Sequence[int] = (32, 64, 128, 128, 256)
     conv: Callable = lax.conv_general_dilated
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        kernel_init = _conv_kernel_init(self.init_scheme, "default")
         for index, width in enumerate(self.widths):
-            x = nn.Conv(width, (3, 3), padding=1, use_bias=False, conv_general_dilated=self.conv)(x)
+            x = nn.Conv(width, (3, 3), padding=1, use_bias=False, kernel_init=kernel_init,
+                        conv_general_dilated=self.conv)(x)
             x = nn.relu(_batch_norm(train)(x))
             if index in (1, 3, 4):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes)(x)
+        return _dense(self.init_scheme, self.num_classes, x.shape[-1])(x)
 
 
 class BasicBlock(nn.Module):
@@ -105,10 +141,12 @@ class BasicBlock(nn.Module):
     width: int
     stride: int
     conv: Callable = lax.conv_general_dilated
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = {"use_bias": False, "conv_general_dilated": self.conv}
+        conv = {"use_bias": False, "conv_general_dilated": self.conv,
+                "kernel_init": _conv_kernel_init(self.init_scheme, "kaiming_fan_out")}
         y = nn.Conv(self.width, (3, 3), strides=self.stride, padding=1, **conv)(x)
         y = nn.relu(_batch_norm(train)(y))
         y = nn.Conv(self.width, (3, 3), padding=1, **conv)(y)
@@ -126,17 +164,19 @@ class ResNet(nn.Module):
     widths: Sequence[int] = (64, 128, 256, 512)
     blocks_per_stage: Sequence[int] = (2, 2, 2, 2)
     conv: Callable = lax.conv_general_dilated
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, conv_general_dilated=self.conv)(x)
+        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, conv_general_dilated=self.conv,
+                    kernel_init=_conv_kernel_init(self.init_scheme, "kaiming_fan_out"))(x)
         x = nn.relu(_batch_norm(train)(x))
         for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks_per_stage)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, stride, self.conv)(x, train)
+                x = BasicBlock(width, stride, self.conv, self.init_scheme)(x, train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes)(x)
+        return _dense(self.init_scheme, self.num_classes, x.shape[-1])(x)
 
 
 _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
@@ -187,20 +227,27 @@ class Victim:
         return logits, updates["batch_stats"]
 
 
-def make_victim(name: str, num_classes: int, image_shape: Sequence[int], *, conv: str = "native") -> Victim:
+def make_victim(name: str, num_classes: int, image_shape: Sequence[int], *, conv: str = "native",
+                init: str = "flax") -> Victim:
     """Build victim ``name`` (one of :data:`VICTIMS`) for ``image_shape`` = (H, W, C).
 
     ``conv`` names the convolution implementation (:data:`gipip_jax.convs.CONV_IMPLS`); the
-    variables and the function are the same for every choice.
+    variables and the function are the same for every choice. ``init`` (:data:`INITS`) is how
+    ``Victim.init`` draws fresh variables: Flax's defaults or PyTorch's (see the module docstring;
+    LeNet ignores it).
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown victim {name!r}; choose one of {', '.join(VICTIMS)}")
+    if init not in INITS:
+        raise ValueError(f"unknown victim init {init!r}; choose one of {', '.join(INITS)}")
     image_shape = tuple(int(d) for d in image_shape)
     if len(image_shape) != 3 or min(image_shape) < 1:
         raise ValueError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     module = _BUILDERS[name](int(num_classes)).clone(conv=conv_impl(conv))
+    if isinstance(module, (ConvNet, ResNet)):
+        module = module.clone(init_scheme=init)
     return Victim(name, module, image_shape, int(num_classes))
 
 

@@ -122,3 +122,54 @@ def test_victim_is_hashable_for_static_jit_arguments():
     victim = make_victim("lenet", 10, (32, 32, 3))
     assert isinstance(victim, Victim)
     assert hash(victim) == hash(make_victim("lenet", 10, [32, 32, 3]))
+
+
+def _conv_kernels(params, prefix=()):
+    """{path: kernel} of every 4-D kernel (kh, kw, in, out) in a params tree."""
+    found = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if leaf.ndim == 4:
+            found["/".join(str(getattr(p, "key", p)) for p in path)] = np.asarray(leaf)
+    return found
+
+
+def test_torch_init_resnet18_matches_pytorch_formulas():
+    """kaiming_normal_(fan_out, relu) convs: std sqrt(2 / (out·kh·kw)), untruncated; nn.Linear's
+    U(±1/sqrt(fan_in)) for the dense weights and bias; BN 1 / 0."""
+    variables = make_victim("resnet18", 10, (32, 32, 3), init="torch").init(jax.random.key(0))
+    kernels = _conv_kernels(variables["params"])
+    assert len(kernels) == 20  # stem + 16 block convs + 3 projection shortcuts
+    for path, k in kernels.items():
+        kh, kw, _, out = k.shape
+        expected = np.sqrt(2.0 / (out * kh * kw))
+        # sampling error of a std estimate from n draws: ~ std / sqrt(2n); 5 of those
+        assert abs(k.std() - expected) < 5 * expected / np.sqrt(2 * k.size) + 1e-7, path
+        assert abs(k.mean()) < 5 * expected / np.sqrt(k.size), path
+        if k.size > 10000:  # untruncated: tails beyond 2 std exist (~4.6 %)
+            assert 0.03 < np.mean(np.abs(k) > 2 * expected) < 0.06, path
+    dense = variables["params"]["Dense_0"]
+    bound = 1 / np.sqrt(512)
+    for leaf in (dense["kernel"], dense["bias"]):
+        leaf = np.asarray(leaf)
+        assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.8 * bound
+    assert abs(np.asarray(dense["kernel"]).std() - bound / np.sqrt(3)) < 0.1 * bound / np.sqrt(3)
+    for leaf in jax.tree.leaves({k: v for k, v in variables["params"].items() if "BatchNorm" in k}):
+        assert set(np.unique(np.asarray(leaf))) <= {0.0, 1.0}
+
+
+def test_torch_init_convnet_uses_conv2d_default_and_flax_is_unchanged():
+    """ConvNet under "torch": nn.Conv2d's U(±1/sqrt(in·kh·kw)); "flax" (the default) is Flax's own."""
+    params = make_victim("convnet", 10, (32, 32, 3), init="torch").init(jax.random.key(1))["params"]
+    for path, k in _conv_kernels(params).items():
+        kh, kw, cin, _ = k.shape
+        bound = 1 / np.sqrt(cin * kh * kw)
+        assert np.abs(k).max() <= bound and abs(k.std() - bound / np.sqrt(3)) < 0.1 * bound, path
+    bias = np.asarray(params["Dense_0"]["bias"])
+    assert np.all(np.abs(bias) <= 1 / np.sqrt(256)) and np.any(bias != 0)
+    flax_default = make_victim("convnet", 10, (32, 32, 3)).init(jax.random.key(1))
+    flax_named = make_victim("convnet", 10, (32, 32, 3), init="flax").init(jax.random.key(1))
+    chex_equal = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), flax_default, flax_named)
+    assert all(jax.tree.leaves(chex_equal))
+    assert np.all(np.asarray(flax_default["params"]["Dense_0"]["bias"]) == 0)
+    with pytest.raises(ValueError, match="unknown victim init"):
+        make_victim("convnet", 10, (32, 32, 3), init="kaiming")
