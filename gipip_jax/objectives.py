@@ -3,7 +3,7 @@
 Images are NHWC. `x` is in the victim's normalized space; `x01` is in [0, 1].
 `make_objective` assembles GI-PIP's objective
 
-    1 - cos(g(x), g*)  +  λ_TV · TV(x)  +  λ_AS · | MSE(x01, AE(x01)) - c |,   x01 = clip(denorm(x), 0, 1)
+    1 - cos(g(x), g*)  +  λ_TV · TV(x)  +  λ_AS · | MSE(x01, AE(x01)) - c |,   x01 = clamp(denorm(x), 0, 1) (torch.clamp's gradient)
 
 with ONE cosine over all layers' gradients concatenated (as the authors' code does). A term
 whose weight is 0 is not computed at all, so Inverting Gradients is GI-PIP with λ_AS = 0.
@@ -48,6 +48,12 @@ def total_variation(x: jax.Array) -> jax.Array:
     dy = jnp.abs(x[:, 1:, :, :] - x[:, :-1, :, :]).mean()
     dx = jnp.abs(x[:, :, 1:, :] - x[:, :, :-1, :]).mean()
     return dx + dy
+
+
+def clamp01(x: jax.Array) -> jax.Array:
+    """clip(x, 0, 1) with torch.clamp's gradient: 1 on [0, 1] including the bounds, 0 outside
+    (jnp.clip passes 0.5 at a value exactly on a bound)."""
+    return jnp.where((x >= 0.0) & (x <= 1.0), x, jnp.clip(x, 0.0, 1.0))
 
 
 def anomaly_score(x01: jax.Array, reconstruct: Callable[[jax.Array], jax.Array], offset: float) -> jax.Array:
@@ -116,6 +122,12 @@ class ObjectiveWeights(NamedTuple):
     features: Any = 0.0
 
 
+def term_weight(weights: ObjectiveWeights, name: str):
+    """The weight multiplying term `name` of an objective's terms dict: 1 for "matching", else the
+    ObjectiveWeights field of the same name (tv, anomaly, bn_stats, features)."""
+    return 1.0 if name == "matching" else getattr(weights, name)
+
+
 def make_objective(
     victim: Victim,
     variables: dict,
@@ -157,7 +169,7 @@ def make_objective(
             terms["tv"] = total_variation(x)
             loss = loss + w.tv * terms["tv"]
         if use_anomaly:
-            x01 = jnp.clip(info.denormalize(x), 0.0, 1.0)
+            x01 = clamp01(info.denormalize(x))
             terms["anomaly"] = anomaly_score(x01, reconstruct, w.anomaly_offset)
             loss = loss + w.anomaly * terms["anomaly"]
         if use_bn:

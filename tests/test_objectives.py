@@ -159,3 +159,11 @@ def test_bn_term_in_objective(victim_setup):
     lenet = make_victim("lenet", INFO.num_classes, INFO.image_shape)
     with pytest.raises(ValueError, match="BatchNorm"):
         objectives.make_objective(lenet, lenet.init(jax.random.key(0)), INFO, weights=weights)
+
+
+def test_clamp01_passes_gradient_one_on_the_bounds_like_torch_clamp():
+    from gipip_jax.objectives import clamp01
+
+    x = jnp.array([-0.5, 0.0, 0.3, 1.0, 1.5])
+    np.testing.assert_allclose(clamp01(x), [0.0, 0.0, 0.3, 1.0, 1.0])
+    np.testing.assert_allclose(jax.grad(lambda v: clamp01(v).sum())(x), [0.0, 1.0, 1.0, 1.0, 0.0])
