@@ -58,7 +58,7 @@ def run(name: str, workdir: str) -> dict:
         tv, as_weight = WEIGHTS[batch_size]
         tag = label.replace(" ", "_").replace(".", "p")
         fields = {"data.name": "tiny_imagenet", "data.image_size": v["image_size"],
-                  "targets.starts": [batch_size * t for t in range(v["targets"])], "targets.batch_size": batch_size,
+                  "targets.starts": list(range(v["targets"])), "targets.batch_size": batch_size,
                   "victim.name": v["victim"], "attack.iterations": iterations or v["iterations"],
                   "grid.tv_weight": [tv], "grid.as_weight": [0.0, as_weight], "prior.checkpoint": prior,
                   "metrics.lpips_net": v["lpips"], **v["engine"], **(extra or {})}

@@ -151,6 +151,44 @@ def unique_label_batch(labels: np.ndarray, start: int, batch_size: int) -> np.nd
     return np.sort(first)[:batch_size] + start
 
 
+def unique_label_batches(labels: np.ndarray, numbers, batch_size: int, *, exclude=()) -> list[np.ndarray]:
+    """Batches `numbers` (e.g. targets.starts) of one partition of the split into disjoint batches of
+    `batch_size` distinct labels, each (batch_size,) ascending.
+
+    The partition scans the indices in order (skipping `exclude`, e.g. a prior's auxiliary images):
+    an image joins the open batch unless its label is already there, then it waits for the next
+    batch, which takes waiting images first. Batch numbers therefore never share an image; with
+    batch_size 1 and nothing excluded, batch k is image k.
+    """
+    labels = np.asarray(labels)
+    numbers = [int(n) for n in numbers]
+    if batch_size < 1 or any(n < 0 for n in numbers):
+        raise ValueError(f"need batch_size >= 1 and batch numbers >= 0, got {batch_size} and {numbers}")
+    if len(np.unique(labels)) < batch_size:
+        raise ValueError(f"a batch of {batch_size} distinct labels is impossible: the split has "
+                         f"{len(np.unique(labels))} labels")
+    skip = set(np.asarray(exclude, np.int64).reshape(-1).tolist())
+    stream = (i for i in range(len(labels)) if i not in skip)
+    waiting, batches = [], []
+    needed = max(numbers, default=-1) + 1
+    while len(batches) < needed:
+        batch, seen = [], set()
+        for i in list(waiting):
+            if len(batch) < batch_size and labels[i] not in seen:
+                batch.append(i), seen.add(labels[i]), waiting.remove(i)
+        while len(batch) < batch_size:
+            i = next(stream, None)
+            if i is None:
+                raise ValueError(f"the split holds only {len(batches)} disjoint batches of {batch_size} distinct "
+                                 f"labels; asked for batch number {needed - 1}")
+            if labels[i] in seen:
+                waiting.append(i)
+            else:
+                batch.append(i), seen.add(labels[i])
+        batches.append(np.sort(np.asarray(batch, np.int64)))
+    return [batches[n] for n in numbers]
+
+
 def auxiliary_indices(num_examples: int, *, exclude=(), fraction: float | None = None,
                       count: int | None = None, seed: int = 0) -> np.ndarray:
     """Sorted seeded random subset of range(num_examples) minus ``exclude``: ``count`` indices, or

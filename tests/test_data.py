@@ -304,3 +304,23 @@ def test_real_cifar10_test_split():
     np.testing.assert_allclose(x01.std(0), CIFAR10_STD, atol=0.01)
     assert sorted(s.labels[data.unique_label_batch(s.labels, 0, 10)].tolist()) == list(range(10))
 
+
+
+def test_unique_label_batches_are_disjoint_with_distinct_labels():
+    labels = np.array([0, 0, 1, 2, 1, 3, 0, 2, 3, 1, 2, 0])
+    b = data.unique_label_batches(labels, [0, 1, 2], 3)
+    # the old scan-from-start draw gave overlapping batches ([0, 2, 3] and [1, 2, 3]); these never overlap
+    np.testing.assert_array_equal(b[0], [0, 2, 3])
+    np.testing.assert_array_equal(b[1], [1, 4, 5])
+    np.testing.assert_array_equal(b[2], [6, 7, 8])
+    everything = data.unique_label_batches(labels, range(4), 3)
+    flat = np.concatenate(everything)
+    assert len(np.unique(flat)) == len(flat)
+    assert all(len(np.unique(labels[x])) == 3 for x in everything)
+    # bs 1: batch k is image k; excluded images are skipped
+    np.testing.assert_array_equal(np.concatenate(data.unique_label_batches(labels, [0, 5], 1)), [0, 5])
+    np.testing.assert_array_equal(np.concatenate(data.unique_label_batches(labels, [0, 1], 1, exclude=[0, 2])), [1, 3])
+    with pytest.raises(ValueError, match="disjoint batches"):
+        data.unique_label_batches(labels, [4], 3)
+    with pytest.raises(ValueError, match="distinct labels is impossible"):
+        data.unique_label_batches(labels, [0], 5)
