@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
 import shutil
+import sys
 import uuid
 from typing import Any
 
@@ -35,10 +37,39 @@ AUTOENCODER_KEY = "autoencoder"
 VICTIM_HINT = "train one with `gipip-jax train-victim --config CONFIG --workdir WORKDIR`"
 AUTOENCODER_HINT = "train one with `gipip-jax train-ae --config CONFIG --workdir WORKDIR`"
 _MAX_LISTED_MISMATCHES = 5
+_MAX_CAUSE_CHARS = 300
 
 
 class CheckpointError(FileNotFoundError):
-    """A checkpoint that is missing, unreadable, corrupt, or not for the expected model."""
+    """A checkpoint that is missing, unreadable, corrupt, or not for the expected model.
+    Its message is one line that names the checkpoint's path."""
+
+
+class CorruptCheckpointError(CheckpointError, ValueError):
+    """A checkpoint that exists but cannot be used: unreadable, corrupt, or not for the expected model."""
+
+
+def _cause(error: BaseException) -> str:
+    """One short line for what went wrong: the innermost error's first line, without the
+    TensorStore spec dumps orbax adds (dozens of lines)."""
+    seen = [error]
+    while len(seen) < 20:
+        inner = seen[-1].__cause__ or (None if seen[-1].__suppress_context__ else seen[-1].__context__)
+        if inner is None or inner in seen:
+            break
+        seen.append(inner)
+    for candidate in reversed(seen):   # the innermost error with a message
+        text = str(candidate).strip()
+        if text:
+            break
+    else:
+        candidate, text = error, ""
+    text = text.splitlines()[0] if text else ""
+    for noise in (" [tensorstore_spec=", "See full TensorStore details"):
+        text = text.split(noise)[0].rstrip()
+    if len(text) > _MAX_CAUSE_CHARS:
+        text = text[:_MAX_CAUSE_CHARS - 3] + "..."
+    return f"{type(candidate).__name__}: {text}" if text else type(candidate).__name__
 
 
 def _json_default(value: Any) -> Any:
@@ -86,12 +117,14 @@ def restore(path, *, hint: str | None = None) -> tuple[Any, dict]:
     """Loads ``(tree, metadata)`` saved by :func:`save`; tree: nested dicts of numpy/jax arrays.
 
     Raises CheckpointError when ``path`` is missing (its message adds ``hint``,
-    e.g. the command that creates one) or unreadable/corrupt.
+    e.g. the command that creates one), CorruptCheckpointError (a CheckpointError and a
+    ValueError) when it is unreadable/corrupt; either message is one line naming ``path``.
     """
     path = pathlib.Path(path).absolute()
     advice = f"; {hint}" if hint else ""
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}{advice}")
+    _quiet_orbax_leftovers()
     try:
         metadata = json.loads((path / METADATA_FILE).read_text())
         if not isinstance(metadata, dict):
@@ -99,11 +132,32 @@ def restore(path, *, hint: str | None = None) -> tuple[Any, dict]:
         with ocp.StandardCheckpointer() as checkpointer:
             tree = checkpointer.restore(path / TREE_DIR)
     except Exception as error:  # orbax and json raise many types; all mean "cannot use this"
-        raise CheckpointError(
-            f"checkpoint at {path} is corrupt or unreadable ({type(error).__name__}: {error}); "
-            f"delete it and create it again{advice}"
+        raise CorruptCheckpointError(
+            f"checkpoint at {path} is corrupt or unreadable ({_cause(error)}); delete it and create it again{advice}"
         ) from error
     return tree, metadata
+
+
+def _quiet_orbax_leftovers() -> None:
+    """When a restore fails, orbax closes its event loop while TensorStore reads are still in
+    flight: each read that completes then (or later) reports RuntimeError('Event loop is closed'),
+    and each read coroutine whose error nobody awaited reports it when collected (with a
+    TensorStore spec, ~60 lines), to sys.unraisablehook, i.e. as tracebacks on stderr after the
+    error was handled. This drops exactly those (Python ignores them anyway) and passes anything
+    else on to the hook that was there before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_orbax_leftovers", False):
+        return
+
+    def hook(unraisable):
+        error, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        orbax_coroutine = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+        if not (closed_loop or orbax_coroutine):
+            previous(unraisable)
+
+    hook.quiets_orbax_leftovers = True
+    sys.unraisablehook = hook
 
 
 def tree_mismatches(tree: Any, expected: Any) -> list[str]:
@@ -153,13 +207,13 @@ def load_victim(path, *, hint: str = VICTIM_HINT) -> tuple[Victim, dict, dict]:
     variables, metadata = restore(path, hint=hint)
     spec = metadata.get(VICTIM_KEY)
     if not isinstance(spec, dict) or not {"name", "num_classes", "image_shape"} <= spec.keys():
-        raise CheckpointError(f"{path} is not a victim checkpoint (its metadata has no complete {VICTIM_KEY!r} entry)")
+        raise CorruptCheckpointError(f"{path} is not a victim checkpoint (its metadata has no complete {VICTIM_KEY!r} entry)")
     try:
         victim = make_victim(spec["name"], spec["num_classes"], spec["image_shape"])
     except ValueError as error:
-        raise CheckpointError(f"{path} describes a victim that cannot be built: {error}") from error
+        raise CorruptCheckpointError(f"{path} describes a victim that cannot be built: {error}") from error
     expected = jax.eval_shape(victim.init, jax.random.key(0))
-    _require_match(variables, expected, _victim_description(victim), CheckpointError, f"checkpoint {path}")
+    _require_match(variables, expected, _victim_description(victim), CorruptCheckpointError, f"checkpoint {path}")
     return victim, variables, metadata
 
 
@@ -183,8 +237,8 @@ def load_autoencoder(path, *, hint: str = AUTOENCODER_HINT) -> tuple[Autoencoder
     """
     params, metadata = restore(path, hint=hint)
     if not isinstance(metadata.get(AUTOENCODER_KEY), dict):
-        raise CheckpointError(f"{path} is not an autoencoder checkpoint (its metadata has no {AUTOENCODER_KEY!r} entry)")
+        raise CorruptCheckpointError(f"{path} is not an autoencoder checkpoint (its metadata has no {AUTOENCODER_KEY!r} entry)")
     autoencoder = make_autoencoder()
     expected = _autoencoder_param_shapes(autoencoder)
-    _require_match(params, expected, "GI-PIP's autoencoder", CheckpointError, f"checkpoint {path}")
+    _require_match(params, expected, "GI-PIP's autoencoder", CorruptCheckpointError, f"checkpoint {path}")
     return autoencoder, params, metadata

@@ -17,60 +17,56 @@ Bad input ends with one line `gipip-jax: error: ...` on stderr and exit status 2
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import os
 import sys
 
-import ml_collections
+from gipip_jax.configs import ConfigError, apply_override, load_config  # noqa: F401  (also cli's API)
 
 COMMANDS = ("attack", "study", "train-ae", "train-gan", "train-victim", "utility")
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used."""
+def error_line(error: BaseException) -> str:
+    """`gipip-jax: error: ...` on one line, whatever the error's message holds."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"gipip-jax: error: {text}"
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path.py[:arg]` by calling its get_config(arg)."""
-    path, _, arg = spec.partition(":")
-    from gipip_jax.jobs import resolve_path
-
-    path = resolve_path(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location("gipip_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as error:  # a broken config file: report it as such
-        raise ConfigError(f"config file {path!r} failed to load: {error!r}") from error
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} defines no get_config(arg)")
-    return module.get_config(arg or None)
+def fail(error: BaseException) -> int:
+    print(error_line(error), file=sys.stderr)
+    return 2
 
 
-def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
-    """Applies one `dotted.key=value` override in place."""
-    key, sep, raw = assignment.partition("=")
-    if not sep:
-        raise ConfigError(f"override {assignment!r} is not of the form key=value")
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-        if part not in node:
-            raise ConfigError(f"override {key!r}: the config has no field {part!r}")
-        node = node[part]
-    if leaf not in node:
-        raise ConfigError(f"override {key!r}: the config has no field {leaf!r} (fields: {sorted(node.keys())})")
-    try:
-        node[leaf] = value
-    except TypeError as error:
-        raise ConfigError(f"override {key!r}: {error}") from error
+def _check_workdir(workdir: str) -> None:
+    """A work directory must be a directory, or not exist yet under directories only."""
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        where = "" if path == os.path.abspath(workdir) else f" is inside {path!r}, which"
+        raise ConfigError(f"--workdir {workdir!r}{where} is a file, not a directory")
+
+
+def _first_missing(workdir: str) -> str | None:
+    """The outermost folder of `workdir`'s path that does not exist yet (a run creates it), or None."""
+    path, missing = os.path.abspath(workdir), None
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing, path = path, os.path.dirname(path)
+    return missing
+
+
+def _remove_if_empty(root: str) -> None:
+    """Removes folder `root` if it holds no files (only empty folders): what a run that failed to
+    start leaves behind. A run that wrote anything (results, checkpoints, caches) keeps it to resume."""
+    if not os.path.isdir(root) or os.path.islink(root):
+        return
+    for folder, subfolders, files in os.walk(root):
+        if files or any(os.path.islink(os.path.join(folder, name)) for name in subfolders):
+            return
+    for folder, _, _ in os.walk(root, topdown=False):
+        try:
+            os.rmdir(folder)
+        except OSError:   # another process wrote to it meanwhile: leave the rest
+            return
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,24 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "summarize":
-        from gipip_jax import summarize
+        from gipip_jax import results, summarize
 
-        return summarize.main(args.paths)
+        try:
+            return summarize.main(args.paths)
+        except (results.ResultsError, OSError) as error:
+            return fail(error)
     if args.command == "report":
         from gipip_jax import data, report
 
         try:
             return report.main(args.workdir)
-        except (report.ReportError, data.DataError, ValueError, FileNotFoundError) as error:
-            print(f"gipip-jax: error: {error}", file=sys.stderr)
-            return 2
+        except (report.ReportError, data.DataError, ValueError, OSError) as error:
+            return fail(error)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from gipip_jax import checkpoints, client, data, jobs, victims
     from gipip_jax.attack import AttackDivergedError
 
+    # Errors of input (config, data, checkpoints, the file system): one line, exit status 2.
+    # Anything else is a bug and keeps its traceback.
     expected = (ConfigError, data.DataError, checkpoints.CheckpointError, victims.ShapeError,
-                client.UpdateMismatchError, AttackDivergedError, ValueError, FileNotFoundError)
+                client.UpdateMismatchError, AttackDivergedError, ValueError, OSError)
+    created = _first_missing(args.workdir)   # removed again if the run fails before writing anything
     try:
+        _check_workdir(args.workdir)
         config = load_config(args.config)
         for assignment in args.set:
             apply_override(config, assignment)
@@ -118,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                "train-victim": jobs.train_victim, "utility": utility.run}[args.command]
         job(config, args.workdir)
     except expected as error:
-        print(f"gipip-jax: error: {error}", file=sys.stderr)
-        return 2
+        if created:
+            _remove_if_empty(created)
+        return fail(error)
     return 0
 
 

@@ -16,7 +16,7 @@ import time
 
 import ml_collections
 
-from gipip_jax import checkpoints, data, jobs, report, study
+from gipip_jax import checkpoints, configs, data, jobs, report, study
 
 AE_CONFIG = "experiments/configs/ae_cifar10.py"
 VICTIM_CONFIG = "experiments/configs/victim_cifar10.py"
@@ -28,26 +28,20 @@ STUDY_DIP_CONFIG = "experiments/configs/study_dip_cifar10.py"
 
 def configured(spec: str, fields: dict) -> ml_collections.ConfigDict:
     """The config of file `spec` (PATH[:ARG]) with dotted `fields` set, e.g. {"data.name": "tiny_imagenet"}."""
-    from gipip_jax.cli import load_config
-
-    config = load_config(spec)
+    config = configs.load_config(spec)
     for key, value in fields.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        if leaf not in node:
-            raise ValueError(f"config {spec} has no field {key!r}")
-        node[leaf] = value
+        configs.set_field(config, key, value)
     return config
 
 
 def train_prior(workdir: str, name: str, *, dataset: str, image_size: int | None, steps: int,
-                fraction: float | None = None, count: int | None = None, heldout_count: int = 1000) -> str:
+                fraction: float | None = None, count: int | None = None, heldout_count: int = 1000,
+                recipe: str = "mse_adam") -> str:
     """Trains the AE prior on an auxiliary subset of `dataset`'s train split for about `steps`
     optimizer steps (batch 16; epochs = ceil(steps * 16 / aux size), so every fraction gets the same
-    budget and differs only in data). A fraction that leaves fewer than `heldout_count` images out
-    takes all but those (100 % of a pool = all but its held-out images). Returns W/priors/NAME/ae."""
+    budget and differs only in data) with `recipe` (training.AE_RECIPES). A fraction that leaves fewer
+    than `heldout_count` images out takes all but those (100 % of a pool = all but its held-out
+    images). Returns W/priors/NAME/ae."""
     folder = os.path.join(workdir, "priors", name)
     path = os.path.join(folder, "ae")
     if os.path.exists(path):
@@ -58,7 +52,7 @@ def train_prior(workdir: str, name: str, *, dataset: str, image_size: int | None
     if aux > n - heldout_count:   # "100 %": everything but the held-out images
         fraction, count, aux = None, n - heldout_count, n - heldout_count
     config = configured(AE_CONFIG, {"data.name": dataset, "data.image_size": image_size, "aux.fraction": fraction,
-                                    "aux.count": count, "heldout_count": heldout_count,
+                                    "aux.count": count, "heldout_count": heldout_count, "recipe": recipe,
                                     "epochs": max(1, math.ceil(steps * 16 / aux))})
     jobs.train_ae(config, folder)
     return path

@@ -1,7 +1,9 @@
 """Result records and image grids written to a work directory.
 
 `WORKDIR/results.jsonl` holds one JSON object per finished attack, appended with one write
-call each (an interrupted run leaves whole lines), and is read back to skip finished work.
+call each, and is read back to skip finished work. A kill during a write can leave a torn last
+line (no newline): `read_records` ignores it, and `append_record` cuts it off before appending
+(that attack never finished, so a resumed run redoes it), so every record starts on its own line.
 `save_grid` writes rows of (B, H, W, C) [0, 1] images as one PNG (e.g. ground truth above
 reconstructions).
 """
@@ -10,35 +12,79 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Iterable
 
 import numpy as np
 from PIL import Image
 
+_TAIL_BLOCK = 1 << 16
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read: a line in the middle that is not a JSON object."""
+
 
 def append_record(path: str, record: dict) -> None:
-    """Appends `record` as one JSON line and flushes it to disk."""
+    """Appends `record` as one JSON line and flushes it to disk (first repairing a torn last line)."""
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        _repair_torn_tail(fd, path)
+        while line:
+            line = line[os.write(fd, line):]
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def _repair_torn_tail(fd: int, path: str) -> None:
+    """Makes the file end in a newline: a last line without one is a write cut off by a kill, cut
+    off here; one that is a whole record (only its newline lost) gets the newline instead."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    start = size
+    while start > 0:   # find the byte after the last newline
+        block_start = max(0, start - _TAIL_BLOCK)
+        newline = os.pread(fd, start - block_start, block_start).rfind(b"\n")
+        if newline >= 0:
+            start = block_start + newline + 1
+            break
+        start = block_start
+    fragment = os.pread(fd, size - start, start)
+    if _record_of(fragment) is not None:
+        os.write(fd, b"\n")
+        return
+    os.ftruncate(fd, start)
+    os.fsync(fd)
+    print(f"{path}: dropped a torn last line ({len(fragment)} bytes, a record cut off while written)",
+          file=sys.stderr)
+
+
+def _record_of(line: bytes | str) -> dict | None:
+    """The record (a JSON object) a line holds, else None."""
+    try:
+        value = json.loads(line)
+    except ValueError:   # JSONDecodeError, or bytes that are not UTF-8
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def read_records(path: str) -> list[dict]:
-    """All records of a results file ([] if it does not exist); a torn last line is ignored."""
+    """All records of a results file ([] if it does not exist); a torn last line (no newline) is
+    ignored. Raises ResultsError for a line in the middle that is not a JSON object."""
     if not os.path.exists(path):
         return []
     records = []
-    with open(path) as f:
+    with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if line.endswith("\n"):
-                    raise ValueError(f"{path}:{number} is not valid JSON; the results file is corrupt") from None
+            record = _record_of(line)
+            if record is not None:
+                records.append(record)
+            elif line.endswith(b"\n") and line.strip():
+                raise ResultsError(f"{path}:{number} is not a JSON object; the results file is corrupt "
+                                   f"(delete or fix that line)")
     return records
 
 

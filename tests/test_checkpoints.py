@@ -1,5 +1,6 @@
 import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -78,6 +79,32 @@ def test_corrupt_tree_is_reported(tmp_path):
             file.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt or unreadable"):
         checkpoints.restore(path)
+
+
+SHIPPED_AE = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "checkpoints" / "ae_cifar10_aux5"
+
+
+def truncated_copy(source, target, where="d"):
+    """A copy of checkpoint `source` whose array data files (in folders named `where`) are cut to 10 bytes."""
+    shutil.copytree(source, target)
+    data_files = [f for f in (target / checkpoints.TREE_DIR).rglob("*") if f.is_file() and f.parent.name == "d"
+                  and (where == "d" or where in f.parts)]
+    assert data_files
+    for file in data_files:
+        file.write_bytes(file.read_bytes()[:10])
+    return target
+
+
+# "ocdbt.process_0": only the array chunks are cut, which orbax reports with a 61-line TensorStore spec.
+@pytest.mark.parametrize("where", ["d", "ocdbt.process_0"])
+def test_corrupt_array_data_is_one_line_naming_the_path(tmp_path, where):
+    path = truncated_copy(SHIPPED_AE, tmp_path / "ae", where)
+    with pytest.raises(CheckpointError) as caught:
+        checkpoints.load_autoencoder(path)
+    message = str(caught.value)
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, checkpoints.CorruptCheckpointError)
+    assert "\n" not in message and len(message) < 600 and "TensorStore" not in message, message
+    assert str(path) in message and "corrupt or unreadable" in message and "train-ae" in message
 
 
 def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):

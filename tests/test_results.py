@@ -1,5 +1,7 @@
 """Results store: JSON-lines records and PNG grids."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,11 +21,51 @@ def test_records_round_trip_and_torn_last_line(tmp_path):
     assert records[1]["psnr"] == float("inf")
 
 
-def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
+def test_append_after_a_torn_last_line_cuts_the_fragment_off(tmp_path, capsys):
+    path = str(tmp_path / "results.jsonl")
+    results.append_record(path, {"attack_id": 0})
+    results.append_record(path, {"attack_id": 1})
+    with open(path, "a") as f:
+        f.write('{"attack_id": 2, "psnr": 1')  # attack 2's write cut off by a kill
+    results.append_record(path, {"attack_id": 2, "psnr": 15.0})  # the resumed run redoes attack 2
+    assert results.read_records(path) == [{"attack_id": 0}, {"attack_id": 1}, {"attack_id": 2, "psnr": 15.0}]
+    text = open(path).read()
+    assert text.endswith("\n") and [json.loads(line) for line in text.splitlines()] == results.read_records(path)
+    assert "torn last line" in capsys.readouterr().err
+
+
+def test_a_whole_last_record_that_lost_only_its_newline_is_kept(tmp_path):
+    path = str(tmp_path / "results.jsonl")
+    with open(path, "w") as f:
+        f.write('{"attack_id": 0}\n{"attack_id": 1}')
+    assert results.read_records(path) == [{"attack_id": 0}, {"attack_id": 1}]
+    results.append_record(path, {"attack_id": 2})
+    assert open(path).read().splitlines() == ['{"attack_id": 0}', '{"attack_id": 1}', '{"attack_id": 2}']
+
+
+def test_a_torn_first_line_and_a_torn_multibyte_character_are_cut_off(tmp_path):
     path = tmp_path / "results.jsonl"
-    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
-    with pytest.raises(ValueError, match="corrupt"):
+    path.write_bytes('{"label": "é'.encode()[:-1])  # no newline at all, cut inside a UTF-8 character
+    assert results.read_records(str(path)) == []
+    results.append_record(str(path), {"a": 1})
+    assert path.read_text() == '{"a": 1}\n'
+
+
+def test_torn_line_longer_than_a_read_block_is_cut_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "_TAIL_BLOCK", 4)
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"a": 1}\n{"b": "' + "x" * 50)
+    results.append_record(str(path), {"c": 3})
+    assert path.read_text() == '{"a": 1}\n{"c": 3}\n'
+
+
+@pytest.mark.parametrize("middle", ["not json", "[1, 2]", '{"a": 1'])
+def test_corrupt_line_in_the_middle_is_an_error(tmp_path, middle):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"a": 1}\n' + middle + '\n{"a": 2}\n')
+    with pytest.raises(results.ResultsError, match=r"results.jsonl:2 .*corrupt"):
         results.read_records(str(path))
+    assert issubclass(results.ResultsError, ValueError)
 
 
 def test_grid_layout(tmp_path):
