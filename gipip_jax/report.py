@@ -14,12 +14,20 @@ W/experiment.json names its studies (written by the drivers in experiments/):
 
 Every record contributes to a *cell* (series, x): series from the study entry, else the attack kind
 (ig / gipip / gan / dip) through `series_names`; x from the study entry, else the record's setting
-label (a single study's defenses, say). Per target the restart with the lowest objective counts
-(summarize.best_restarts); a cell is mean ± std over its targets.
+label (a single study's defenses, say); arms that would share a cell get the differing grid fields
+in their name (load). Per target the restart `config.attack.restart_selection` picks counts
+(summarize.best_restarts); a cell is mean ± std over its targets, plus the PSNR median and the
+failure rate (targets below 15 dB). Each non-baseline cell is paired per target with the baseline
+(the manifest's, else the study's λ_AS = 0 arm): mean difference with its 95 % bootstrap CI, median,
+targets better/worse and the Wilcoxon signed-rank p, for PSNR and the authors' zero-padded SSIM
+(`ssim_padded`; older records fall back to dm-pix SSIM, marked †). The paper's SSIM values are the
+authors' zero-padded SSIM and are shown next to ssim_padded only.
 
 Writes W/report.md, W/report.html and W/report/ with one PNG per metric (metric vs x with std error
-bars: lines when every x is a number, grouped bars otherwise; paper values as black diamonds) and one
-image grid per set of targets (ground truth, then every cell's best restart, order-matched).
+bars: lines when every x is a number, grouped bars otherwise; paper values as black diamonds), when
+the records carry optimization traces the PSNR gap to the baseline vs iterations and the weighted
+term-gradient norms vs iterations (report_plots), and one image grid per set of targets (ground
+truth, then every cell's best restart, order-matched).
 """
 
 from __future__ import annotations
@@ -29,20 +37,18 @@ import json
 import os
 from collections import defaultdict
 
-import matplotlib
+import ml_collections
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
+from gipip_jax import results, summarize
+from gipip_jax.paired import failure_rate, format_delta, format_p
+from gipip_jax.report_plots import (METRICS, cell_stats, hashable, plot_gap, plot_grad_norms, plot_metric,
+                                   save_labelled_grid)
 
-from gipip_jax import results  # noqa: E402
-from gipip_jax.summarize import best_restarts  # noqa: E402
-
-METRICS = {"psnr": "PSNR (dB, higher = more leakage)", "ssim": "SSIM (higher = more leakage)",
-           "lpips": "LPIPS (lower = more leakage)"}
 SERIES_NAMES = {"ig": "IG", "gipip": "GI-PIP", "gan": "GAN prior", "dip": "DIP + features"}
 MAX_GRID_COLUMNS = 12
+FAILURE_PSNR = summarize.FAILURE_PSNR
+SSIM_AUTHORS = "SSIM (authors', zero-padded)"
 
 
 class ReportError(ValueError):
@@ -50,7 +56,12 @@ class ReportError(ValueError):
 
 
 def load(workdir: str) -> tuple[dict, list[dict]]:
-    """(manifest, records); each record gets `_series`, `_x`, `_dir`. Single studies get a default manifest."""
+    """(manifest, records); each record gets `_series`, `_x`, `_dir`. Single studies get a default manifest.
+
+    Arms of one study that would share a cell (same series and x, e.g. two AE offsets c) are told
+    apart by the grid fields that differ between them: appended to x when x comes from the records'
+    setting labels, to the series when the manifest gives x.
+    """
     manifest_path = os.path.join(workdir, "experiment.json")
     if os.path.exists(manifest_path):
         try:
@@ -68,46 +79,67 @@ def load(workdir: str) -> tuple[dict, list[dict]]:
     records = []
     for entry in entries:
         path = os.path.join(workdir, entry["dir"], "results.jsonl")
-        found = best_restarts(results.read_records(path))
+        found = summarize.best_restarts(results.read_records(path))
         if not found:
             print(f"report: no results yet in {path}; skipped")
+        mine = []
         for r in found:
             kind = r["attack"].split(":")[-1]
             x = entry["x"] if "x" in entry else (r.get("setting_label") or "default")
-            records.append({**r, "_series": entry.get("series") or names.get(kind, kind), "_x": x, "_dir": entry["dir"]})
+            mine.append({**r, "_series": entry.get("series") or names.get(kind, kind), "_x": x, "_dir": entry["dir"]})
+        records += _split_colliding_arms(mine, x_given="x" in entry)
     if not records:
         raise ReportError(f"no finished attacks under {workdir}")
     return manifest, records
+
+
+def _split_colliding_arms(records: list[dict], x_given: bool) -> list[dict]:
+    by_cell = defaultdict(list)
+    for r in records:
+        by_cell[(r["_series"], hashable(r["_x"]))].append(r)
+    for group in by_cell.values():
+        arms = {summarize.setting(r): summarize.arm(r) for r in group}
+        if len(arms) < 2:
+            continue
+        fields = summarize.distinguishing(list(arms.values()))
+        for r in group:
+            a = summarize.arm(r)
+            suffix = ", ".join(f"{f}={a.get(f)}" for f in fields)
+            if x_given:
+                r["_series"] = f"{r['_series']} ({suffix})"
+            else:
+                r["_x"] = suffix if r["_x"] == "default" else f"{r['_x']}, {suffix}"
+    return records
 
 
 def cells(records: list[dict]) -> dict[tuple, list[dict]]:
     """(series, x) -> records, in first-seen order."""
     out = defaultdict(list)
     for r in records:
-        out[(r["_series"], _hashable(r["_x"]))].append(r)
+        out[_cell(r)].append(r)
     return out
 
 
-def _hashable(x):
-    return json.dumps(x) if isinstance(x, (list, dict)) else x
+def _cell(r: dict) -> tuple:
+    return (r["_series"], hashable(r["_x"]))
 
 
-def _stats(group: list[dict], metric: str) -> tuple[float, float, int]:
-    values = np.array([r[metric] for r in group if r.get("status") == "ok" and metric in r], float)
-    return (float(values.mean()), float(values.std()), len(values)) if len(values) else (np.nan, np.nan, 0)
+def baseline_name(manifest: dict) -> str:
+    return manifest.get("baseline") or "λ_AS = 0"
 
 
-def _target_key(r: dict) -> tuple:
-    return (r["dataset"], json.dumps(r["config"]["data"], sort_keys=True), tuple(r["target_indices"]))
+def pairs(manifest: dict, groups: dict) -> dict[tuple, list[tuple[dict, dict]]]:
+    """Per non-baseline cell: [(record, its baseline's record for the same target)].
 
-
-def paired_differences(groups: dict, baseline: str, metric: str) -> dict[tuple, tuple[float, float, int]]:
-    """Per cell: mean ± std over shared targets of (cell − baseline) for `metric`.
-
-    Baseline series: `baseline` itself or `baseline (...)` (e.g. "IG (CIFAR-10)"); targets pair up by
-    dataset, data config and indices. The baseline's record for a target is the one with the same x if
-    there is one, else its only x.
+    With a manifest "baseline": that series, or `baseline (...)` (e.g. "IG (CIFAR-10)"); targets pair
+    up by dataset, data config and indices, and the baseline's record for a target is the one with the
+    same x if there is one, else its only x (of several, summarize.closest_baseline's). Without: the arm of the same study with λ_AS = 0 and
+    otherwise the same setting (summarize.baseline_pairs).
     """
+    baseline = manifest.get("baseline")
+    if not baseline:
+        return dict(summarize.baseline_pairs([r for g in groups.values() for r in g], key=_cell))
+
     def is_baseline(series):
         return series == baseline or series.startswith(f"{baseline} (")
 
@@ -115,20 +147,19 @@ def paired_differences(groups: dict, baseline: str, metric: str) -> dict[tuple, 
     for (series, x), group in groups.items():
         if is_baseline(series):
             for r in group:
-                if r.get("status") == "ok":
-                    base[_target_key(r)][x] = r[metric]
+                base[summarize.target_key(r)].setdefault(x, []).append(r)
     out = {}
     for (series, x), group in groups.items():
         if is_baseline(series):
             continue
-        diffs = []
+        found = []
         for r in group:
-            ref = base.get(_target_key(r), {})
-            value = ref.get(x, next(iter(ref.values())) if len(ref) == 1 else None)
-            if r.get("status") == "ok" and value is not None:
-                diffs.append(r[metric] - value)
-        if diffs:
-            out[(series, x)] = (float(np.mean(diffs)), float(np.std(diffs)), len(diffs))
+            ref = base.get(summarize.target_key(r), {})
+            candidates = ref.get(x, next(iter(ref.values())) if len(ref) == 1 else None)
+            if candidates:
+                found.append((r, summarize.closest_baseline(r, candidates)))
+        if found:
+            out[(series, x)] = found
     return out
 
 
@@ -149,74 +180,43 @@ def _fmt(mean: float, std: float) -> str:
     return "–" if np.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
 
 
-def table(manifest: dict, groups: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: one row per cell with n ok / n, metrics, paired Δ and the paper's values."""
-    baseline = manifest.get("baseline")
-    deltas = {m: paired_differences(groups, baseline, m) for m in ("psnr", "ssim")} if baseline else {}
-    paper = {(p["series"], _hashable(p["x"]), p["metric"]): p["value"] for p in manifest.get("paper", [])}
+def table(manifest: dict, groups: dict, paired: dict | None = None) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows and notes: one row per cell with n ok / n, metrics (mean ± std; PSNR median and
+    failure rate), paired Δ against the baseline with CI and Wilcoxon p, and the paper's values."""
+    paired = pairs(manifest, groups) if paired is None else paired
+    compared = {key: summarize.compare(ps) for key, ps in paired.items()}
+    baseline = baseline_name(manifest)
+    paper = {(p["series"], hashable(p["x"]), p["metric"]): p["value"] for p in manifest.get("paper", [])}
     paper_metrics = sorted({p["metric"] for p in manifest.get("paper", [])})
-    header = [manifest.get("x_label", "setting"), "series", "n ok / n", "PSNR", "SSIM", "LPIPS", "label acc."]
-    header += [f"Δ{m.upper()} vs {baseline}" for m in deltas] + [f"paper {m.upper()}" for m in paper_metrics]
-    rows = []
+    header = [manifest.get("x_label", "setting"), "series", "n ok / n", "PSNR", "PSNR median",
+              f"PSNR < {FAILURE_PSNR:g} dB", "SSIM (dm-pix)", SSIM_AUTHORS]
+    header += [f"paper {SSIM_AUTHORS if m == 'ssim' else m.upper()}" for m in paper_metrics]
+    header += ["LPIPS", "label acc."]
+    if compared:
+        header += [f"ΔPSNR vs {baseline}: mean [95 % CI], median, better/worse", "ΔPSNR p (Wilcoxon)",
+                   f"Δ{SSIM_AUTHORS} vs {baseline}: mean [95 % CI], median, better/worse", "ΔSSIM p (Wilcoxon)"]
+    rows, fallback = [], False
     for (series, x), group in groups.items():
         ok = sum(r.get("status") == "ok" for r in group)
-        row = ["(all)" if x is None else str(x), series, f"{ok} / {len(group)}"]
-        row += [_fmt(*_stats(group, m)[:2]) for m in ("psnr", "ssim", "lpips", "label_accuracy")]
-        row += [_fmt(*deltas[m][(series, x)][:2]) if (series, x) in deltas[m] else "–" for m in deltas]
+        psnr = np.array([summarize.value(r, "psnr") for r in group])
+        row = ["(all)" if x is None else str(x), series, f"{ok} / {len(group)}", _fmt(*cell_stats(group, "psnr")[:2]),
+               f"{np.nanmedian(psnr):.3f}" if np.isfinite(psnr).any() else "–",
+               f"{failure_rate(psnr, FAILURE_PSNR):.0%}"]
+        row += [_fmt(*cell_stats(group, m)[:2]) for m in ("ssim", "ssim_padded")]
         row += [f"{paper[(series, x, m)]:.2f}" if (series, x, m) in paper else "–" for m in paper_metrics]
+        row += [_fmt(*cell_stats(group, m)[:2]) for m in ("lpips", "label_accuracy")]
+        if compared:
+            c = compared.get((series, x))
+            if c:
+                fallback |= not c["ssim_padded"]
+                row += [format_delta(c["psnr"], 2), format_p(c["psnr"]["p_value"]),
+                        format_delta(c["ssim"], 3) + ("" if c["ssim_padded"] else " †"), format_p(c["ssim"]["p_value"])]
+            else:
+                row += ["–"] * 4
         rows.append(row)
-    return header, rows
-
-
-def plot_metric(manifest: dict, groups: dict, metric: str, path: str) -> bool:
-    """metric vs x per series with std error bars; False (nothing written) when no cell has the metric."""
-    stats = {key: _stats(group, metric) for key, group in groups.items()}
-    stats = {k: v for k, v in stats.items() if v[2]}
-    if not stats:
-        return False
-    series = list(dict.fromkeys(s for s, _ in stats))
-    xs = list(dict.fromkeys(x for _, x in stats if x is not None))
-    numeric = bool(xs) and all(isinstance(x, (int, float)) for x in xs)
-    paper = [p for p in manifest.get("paper", []) if p["metric"] == metric]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(xs) + 3), 3.6), dpi=120)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    width = 0.8 / max(len(series), 1)
-    for i, s in enumerate(series):
-        color = colors[i % len(colors)]
-        floor = stats.get((s, None))
-        if floor:
-            ax.axhline(floor[0], color=color, ls="--", label=f"{s} (n={floor[2]})")
-            ax.axhspan(floor[0] - floor[1], floor[0] + floor[1], color=color, alpha=0.12)
-        points = [(x, stats[(s, x)]) for x in xs if (s, x) in stats]
-        if not points:
-            continue
-        if numeric:
-            px = [x for x, _ in points]
-            ax.errorbar(px, [v[0] for _, v in points], yerr=[v[1] for _, v in points], marker="o", capsize=3,
-                        color=color, label=s)
-        else:
-            px = [xs.index(x) + (i - (len(series) - 1) / 2) * width for x, _ in points]
-            ax.bar(px, [v[0] for _, v in points], width, yerr=[v[1] for _, v in points], capsize=3,
-                   color=color, label=s)
-    for p in paper:
-        if p["series"] in series and _hashable(p["x"]) in xs:
-            i = series.index(p["series"])
-            px = p["x"] if numeric else xs.index(_hashable(p["x"])) + (i - (len(series) - 1) / 2) * width
-            ax.plot(px, p["value"], "kD", ms=5, label="paper" if p is paper[0] else None)
-    if numeric:
-        if min(xs) > 0 and max(xs) / min(xs) >= 20:
-            ax.set_xscale("log")
-        ax.set_xticks(xs, [f"{x:g}" for x in xs])
-    elif xs:
-        ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=30 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center")
-    ax.set_xlabel(manifest.get("x_label", "setting"))
-    ax.set_ylabel(METRICS.get(metric, metric))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    notes = ["† these records predate ssim_padded: the SSIM difference is dm-pix SSIM, not the authors' "
+             "(not comparable with the paper's values)."] if fallback else []
+    return header, rows, notes
 
 
 def _reconstructions(workdir: str, directory: str) -> dict[int, np.ndarray]:
@@ -268,54 +268,52 @@ def image_grids(workdir: str, groups: dict, folder: str) -> list[tuple[str, str]
                 name = series if x is None else f"{series}\n{x}"
                 labelled.append((name, np.concatenate(images)[:MAX_GRID_COLUMNS]))
         path = os.path.join(folder, f"grid_{number}.png")
-        _save_labelled_grid(path, labelled)
+        save_labelled_grid(path, labelled)
         title = f"{data_key[0]}, batch size {data_key[2]}, targets {', '.join(str(list(t)) for t in targets)}"
         out.append((title, path))
     return out
-
-
-def _save_labelled_grid(path: str, rows: list[tuple[str, np.ndarray]]) -> None:
-    columns = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 1.2, 1.1 * len(rows)), dpi=100,
-                             squeeze=False)
-    for i, (name, images) in enumerate(rows):
-        for j in range(columns):
-            ax = axes[i, j]
-            ax.set_xticks([]), ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if j < len(images):
-                ax.imshow(np.clip(images[j], 0, 1), interpolation="nearest")
-        axes[i, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
-    fig.tight_layout(pad=0.3)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def build(workdir: str) -> dict:
     """Writes W/report.md, W/report.html and W/report/*.png; returns their paths."""
     manifest, records = load(workdir)
     groups = cells(records)
+    paired = pairs(manifest, groups)
     folder = os.path.join(workdir, "report")
     os.makedirs(folder, exist_ok=True)
-    header, rows = table(manifest, groups)
-    plots = [(m, os.path.join(folder, f"{m}.png")) for m in METRICS]
+    header, rows, notes = table(manifest, groups, paired)
+    # The SSIM plot: the authors' zero-padded SSIM (next to the paper's values) when the records have it.
+    ssim = "ssim_padded" if any("ssim_padded" in r for r in records if r.get("status") == "ok") else "ssim"
+    plots = [(m, os.path.join(folder, f"{m}.png")) for m in ("psnr", ssim, "lpips")]
     plots = [(m, p) for m, p in plots if plot_metric(manifest, groups, m, p)]
+    traces = [(f"PSNR gap to {baseline_name(manifest)} vs iterations: mean over targets of the paired difference, "
+               "95 % bootstrap CI band", os.path.join(folder, "gap_vs_iterations.png"),
+               lambda path: plot_gap(paired, baseline_name(manifest), path)),
+              ("Weighted term-gradient norms vs iterations (median over targets; log scale)",
+               os.path.join(folder, "grad_norms.png"), lambda path: plot_grad_norms(groups, path))]
+    traces = [(title, path) for title, path, draw in traces if draw(path)]
     grids = image_grids(workdir, groups, folder)
     blocks = [("h1", manifest.get("title", "Report"))]
     if manifest.get("description"):
         blocks.append(("p", manifest["description"]))
     if manifest.get("command"):
         blocks.append(("code", manifest["command"]))
-    blocks.append(("p", f"Budget: {_budget(records)}. Cells: mean ± std over targets (best restart per target)."))
-    blocks += [("h2", "Results"), ("table", (header, rows)), ("h2", "Plots")]
+    blocks.append(("p", f"Budget: {_budget(records)}. Cells: mean ± std over targets (per target the restart with "
+                        "the lowest gradient-matching term, or objective where config.attack.restart_selection says "
+                        f"so). PSNR < {FAILURE_PSNR:g} dB: share of targets below it (failed attacks included). "
+                        f"Δ: per-target difference against {baseline_name(manifest)}, mean with its 95 % percentile-"
+                        "bootstrap CI over targets, median, targets better/worse, two-sided Wilcoxon signed-rank p."
+                        + (f" The paper's SSIM values are the authors' zero-padded SSIM: compare them with {SSIM_AUTHORS}, "
+                           "not dm-pix SSIM." if manifest.get("paper") else "")))
+    blocks += [("h2", "Results"), ("table", (header, rows))] + [("p", n) for n in notes] + [("h2", "Plots")]
     blocks += [("img", (METRICS[m], os.path.relpath(p, workdir))) for m, p in plots]
+    blocks += [("img", (title, os.path.relpath(p, workdir))) for title, p in traces]
     blocks.append(("h2", "Reconstructions"))
     blocks += [("img", (title, os.path.relpath(p, workdir))) for title, p in grids]
     for note in manifest.get("notes", []):
         blocks.append(("p", note))
     paths = {"markdown": os.path.join(workdir, "report.md"), "html": os.path.join(workdir, "report.html"),
-             "plots": [p for _, p in plots], "grids": [p for _, p in grids]}
+             "plots": [p for _, p in plots], "traces": [p for _, p in traces], "grids": [p for _, p in grids]}
     _write(paths["markdown"], _markdown(blocks))
     _write(paths["html"], _html(manifest.get("title", "Report"), blocks))
     return paths
@@ -374,5 +372,6 @@ def _html(title: str, blocks) -> str:
 
 def main(workdir: str) -> int:
     paths = build(workdir)
-    print(f"wrote {paths['markdown']}, {paths['html']}, {len(paths['plots'])} plot(s), {len(paths['grids'])} grid(s)")
+    print(f"wrote {paths['markdown']}, {paths['html']}, {len(paths['plots']) + len(paths['traces'])} plot(s), "
+          f"{len(paths['grids'])} grid(s)")
     return 0

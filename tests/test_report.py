@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gipip_jax import cli, report, results
+from gipip_jax import cli, report, report_plots, results
 
 
-def _record(attack_id, kind, target, psnr, ssim, setting_label=""):
-    return {"attack": f"study:{kind}", "attack_id": attack_id, "dataset": "cifar10", "split": "test",
+def _record(attack_id, kind, target, psnr, ssim, setting_label="", as_offset=0.001, **extra):
+    return {**extra, "attack": f"study:{kind}", "attack_id": attack_id, "dataset": "cifar10", "split": "test",
             "model": "convnet_tiny", "victim": {"epochs": 0}, "target_indices": [target], "labels": [0],
             "batch_size": 1, "iterations": 10, "restart": 0, "restarts": 1, "status": "ok", "loss": 0.5,
-            "setting": {"tv_weight": 1e-6, "as_weight": 1e-4 if kind == "gipip" else 0.0},
+            "setting": {"tv_weight": 1e-6, "as_weight": 1e-4 if kind == "gipip" else 0.0, "as_offset": as_offset},
             "setting_label": setting_label, "psnr": psnr, "ssim": ssim, "label_accuracy": 1.0,
             "per_image": {"order": [0]}, "config": {"data": {"name": "cifar10", "image_size": 8}}}
 
@@ -34,11 +34,87 @@ def test_paired_differences_pair_each_target_with_its_baseline_record(tmp_path):
     _, records = report.load(str(tmp_path))
     groups = report.cells(records)
     assert set(groups) == {("IG (CIFAR-10)", None), ("GI-PIP", 3.8)}
-    deltas = report.paired_differences(groups, "IG", "psnr")
-    np.testing.assert_allclose(deltas[("GI-PIP", 3.8)], (0.5, 0.5, 2))   # diffs +1 and 0
-    header, rows = report.table(manifest, groups)
-    assert header[-2:] == ["ΔPSNR vs IG", "ΔSSIM vs IG"]
-    assert rows[1][:3] == ["3.8", "GI-PIP", "2 / 2"] and rows[1][3] == "12.500 ± 1.500"
+    paired = report.pairs(manifest, groups)
+    assert [(t["psnr"], b["psnr"]) for t, b in paired[("GI-PIP", 3.8)]] == [(11.0, 10.0), (14.0, 14.0)]
+    header, rows, notes = report.table(manifest, groups)
+    assert header[-4:-2] == ["ΔPSNR vs IG: mean [95 % CI], median, better/worse", "ΔPSNR p (Wilcoxon)"]
+    assert rows[1][:6] == ["3.8", "GI-PIP", "2 / 2", "12.500 ± 1.500", "12.500", "100%"]
+    assert rows[1][-4:-2] == ["+0.50 [+0.00, +1.00], med +0.50, 1↑/0↓", "1"]   # zeros dropped: one difference, p = 1
+    assert rows[1][-2].endswith("†") and notes   # no ssim_padded in these records: dm-pix SSIM, marked
+
+
+def test_arms_differing_only_in_as_offset_are_two_cells(tmp_path):
+    study = []
+    for t in range(3):
+        study.append(_record(10 * t, "ig", t, 12.0 + t, 0.1, as_offset=0.001))
+        for c, gain in ((0.001, 1.0), (0.01, -1.0)):
+            study.append(_record(10 * t + 1 + (c > 0.005), "gipip", t, 12.0 + t + gain, 0.1, as_offset=c))
+    _write_study(tmp_path / "s", study)
+    _, records = report.load(str(tmp_path / "s"))   # a single study: x from the setting label
+    groups = report.cells(records)
+    assert list(groups) == [("IG", "default"), ("GI-PIP", "as_offset=0.001"), ("GI-PIP", "as_offset=0.01")]
+    paired = report.pairs({}, groups)   # no manifest baseline: the λ_AS = 0 arm of the same study
+    assert set(paired) == {("GI-PIP", "as_offset=0.001"), ("GI-PIP", "as_offset=0.01")}
+    header, rows, _ = report.table({}, groups)
+    assert "ΔPSNR vs λ_AS = 0: mean [95 % CI], median, better/worse" in header
+    assert rows[1][-4].startswith("+1.00 [+1.00, +1.00], med +1.00, 3↑/0↓")
+    assert rows[2][-4].startswith("-1.00 [-1.00, -1.00], med -1.00, 0↑/3↓") and rows[2][-3] == "0.25"
+    # with x given by a manifest, the differing field goes into the series
+    (tmp_path / "experiment.json").write_text(json.dumps({"studies": [{"dir": "s", "x": "bs 1"}]}))
+    _, records = report.load(str(tmp_path))
+    assert list(report.cells(records)) == [("IG", "bs 1"), ("GI-PIP (as_offset=0.001)", "bs 1"),
+                                          ("GI-PIP (as_offset=0.01)", "bs 1")]
+
+
+def test_the_papers_ssim_sits_next_to_the_authors_ssim(tmp_path):
+    records = [_record(0, "ig", 0, 10.0, 0.1, ssim_padded=0.15), _record(1, "gipip", 0, 11.0, 0.2, ssim_padded=0.3)]
+    _write_study(tmp_path / "s", records)
+    manifest = {"studies": [{"dir": "s", "x": "bs 1"}], "baseline": "IG",
+                "paper": [{"series": "GI-PIP", "x": "bs 1", "metric": "ssim", "value": 0.53}]}
+    (tmp_path / "experiment.json").write_text(json.dumps(manifest))
+    _, records = report.load(str(tmp_path))
+    groups = report.cells(records)
+    header, rows, notes = report.table(manifest, groups)
+    column = header.index("paper SSIM (authors', zero-padded)")
+    assert header[column - 1] == "SSIM (authors', zero-padded)" and header[column - 2] == "SSIM (dm-pix)"
+    assert rows[1][column - 1:column + 1] == ["0.300 ± 0.000", "0.53"]
+    assert rows[1][-2].startswith("+0.150") and not notes   # the SSIM difference is the authors' SSIM
+    assert report.plot_metric(manifest, groups, "ssim_padded", str(tmp_path / "ssim_padded.png"))
+
+
+def _trace(psnr, norms):
+    return {"steps": [0, 10, 20], "psnr": psnr, "terms": {"matching": [1.0, 0.5, 0.2]},
+            "grad_norms": {"matching": [1.0, 0.5, 0.1], **norms}}
+
+
+def test_gap_and_gradient_norm_plots_from_traces(tmp_path, monkeypatch):
+    study = []
+    for t in range(3):
+        ig = _record(2 * t, "ig", t, 12.0, 0.1)
+        ig["trace"] = _trace([10.0, 11.0, 12.0], {"anomaly": [0.0, 0.0, 0.0]})
+        gipip = _record(2 * t + 1, "gipip", t, 14.0, 0.1)
+        gipip["trace"] = _trace([10.0, 12.0 + 0.1 * t, 14.0], {"anomaly": [0.01, 0.05, 0.2]})
+        study += [ig, gipip]
+    _write_study(tmp_path, study)
+    manifest, records = report.load(str(tmp_path))
+    groups = report.cells(records)
+    steps, mean, low, high, n = report_plots.gap_curves(report.pairs(manifest, groups))[("GI-PIP", "default")]
+    assert steps.tolist() == [0, 10, 20] and n == 3
+    np.testing.assert_allclose(mean, [0.0, 1.1, 2.0])
+    assert low[1] < 1.1 < high[1] and low[2] == high[2] == 2.0
+    norms = report_plots.grad_norm_curves(groups)
+    np.testing.assert_allclose(norms[("GI-PIP", "default")][1]["anomaly"], [0.01, 0.05, 0.2])
+    monkeypatch.setattr(report, "image_grids", lambda *args: [])   # no dataset needed
+    paths = report.build(str(tmp_path))
+    assert [os.path.basename(p) for p in paths["traces"]] == ["gap_vs_iterations.png", "grad_norms.png"]
+    for p in paths["traces"]:
+        assert Image.open(p).size[0] > 300
+    assert "report/gap_vs_iterations.png" in (tmp_path / "report.md").read_text()
+    for r in study:   # records without traces: both plots skipped silently
+        del r["trace"]
+    os.remove(tmp_path / "results.jsonl")
+    _write_study(tmp_path, study)
+    assert report.build(str(tmp_path))["traces"] == []
 
 
 def test_plots_are_written_for_numeric_and_categorical_x(tmp_path):

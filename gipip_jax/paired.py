@@ -1,0 +1,90 @@
+"""Paired statistics of an arm against its baseline over shared targets (reports, summaries).
+
+Every target is attacked by both arms, so the unit of comparison is the per-target difference
+treatment − baseline: its mean with a percentile-bootstrap confidence interval (resampling targets),
+its median, a two-sided Wilcoxon signed-rank test and the count of targets better / worse.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+BOOTSTRAP_CHUNK = 1000   # resamples drawn at once (bounds memory for long traces)
+
+
+def bootstrap_mean_ci(values, *, confidence: float = 0.95, resamples: int = 10000,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile-bootstrap CI of the mean over axis 0 (targets) of `values` (n, ...).
+
+    Each resample draws n targets with replacement (multinomial counts, so a whole trace (n, steps)
+    is resampled as one); deterministic by `seed`. Returns (low, high) with the trailing shape; NaN
+    where n < 2.
+    """
+    values = np.asarray(values, float)
+    n = values.shape[0]
+    if n < 2:
+        nan = np.full(values.shape[1:], np.nan)
+        return nan, nan.copy()
+    rng = np.random.default_rng(seed)
+    flat = values.reshape(n, -1)
+    means = []
+    for start in range(0, resamples, BOOTSTRAP_CHUNK):
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(BOOTSTRAP_CHUNK, resamples - start))
+        means.append(counts @ flat / n)
+    means = np.concatenate(means)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1.0 - alpha], axis=0)
+    return low.reshape(values.shape[1:]), high.reshape(values.shape[1:])
+
+
+def wilcoxon_p(differences) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of the differences (zeros dropped); NaN when fewer than
+    two differences or all are zero. scipy's exact distribution for small n without ties."""
+    d = np.asarray(differences, float)
+    d = d[np.isfinite(d)]
+    if len(d) < 2 or not np.any(d != 0):
+        return float("nan")
+    return float(stats.wilcoxon(d, alternative="two-sided").pvalue)
+
+
+def paired_stats(treatment, baseline, *, confidence: float = 0.95, resamples: int = 10000, seed: int = 0) -> dict:
+    """Statistics of treatment − baseline over paired targets (order-matched 1-d arrays).
+
+    Pairs where either value is not finite are dropped. Returns n, mean, median, ci_low, ci_high (the
+    `confidence` percentile-bootstrap interval of the mean; NaN for n < 2), p_value (two-sided
+    Wilcoxon signed-rank; NaN for n < 2 or all differences 0), better / worse (targets with a
+    positive / negative difference) and confidence.
+    """
+    t, b = np.asarray(treatment, float).ravel(), np.asarray(baseline, float).ravel()
+    if t.shape != b.shape:
+        raise ValueError(f"paired values need the same length, got {len(t)} and {len(b)}")
+    d = (t - b)[np.isfinite(t) & np.isfinite(b)]
+    low, high = bootstrap_mean_ci(d, confidence=confidence, resamples=resamples, seed=seed)
+    nan = float("nan")
+    return {"n": len(d), "mean": float(d.mean()) if len(d) else nan, "median": float(np.median(d)) if len(d) else nan,
+            "ci_low": float(low), "ci_high": float(high), "p_value": wilcoxon_p(d),
+            "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "confidence": confidence}
+
+
+def failure_rate(values, threshold: float) -> float:
+    """Share of values below `threshold` (e.g. targets under 15 dB PSNR); a NaN value (a failed attack)
+    counts as a failure. NaN for no values."""
+    v = np.asarray(values, float).ravel()
+    if not len(v):
+        return float("nan")
+    return float(np.mean(~(v >= threshold)))
+
+
+def format_delta(s: dict, digits: int = 2) -> str:
+    """A paired_stats dict as "+0.52 [+0.10, +0.95], med +0.40, 5↑/1↓" (mean [CI], median, targets
+    better/worse); "–" with no pairs."""
+    if not s["n"]:
+        return "–"
+    ci = "" if np.isnan(s["ci_low"]) else f" [{s['ci_low']:+.{digits}f}, {s['ci_high']:+.{digits}f}]"
+    return f"{s['mean']:+.{digits}f}{ci}, med {s['median']:+.{digits}f}, {s['better']}↑/{s['worse']}↓"
+
+
+def format_p(p: float) -> str:
+    """A p-value with 2 significant digits ("–" for NaN)."""
+    return "–" if np.isnan(p) else f"{p:.2g}"

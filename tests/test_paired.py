@@ -1,0 +1,62 @@
+"""Paired statistics: bootstrap CI of the mean difference, Wilcoxon p, failure rate."""
+
+import numpy as np
+import pytest
+
+from gipip_jax import paired
+
+
+def test_a_consistent_gain_has_a_ci_above_zero_and_a_small_p():
+    rng = np.random.default_rng(1)
+    baseline = rng.normal(12.0, 2.0, 20)
+    s = paired.paired_stats(baseline + 1.0 + rng.normal(0, 0.1, 20), baseline)
+    assert s["n"] == 20 and s["better"] == 20 and s["worse"] == 0
+    assert 0.9 < s["mean"] < 1.1 and 0.9 < s["median"] < 1.1
+    assert 0 < s["ci_low"] < s["mean"] < s["ci_high"] < 1.2
+    assert s["p_value"] < 1e-5   # exact: 2 / 2**20
+
+
+def test_symmetric_differences_have_a_ci_around_zero_and_a_large_p():
+    d = np.array([-3.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 3.0])
+    s = paired.paired_stats(10.0 + d, np.full(8, 10.0))
+    assert s["mean"] == pytest.approx(0.0, abs=1e-12) and s["better"] == 4 and s["worse"] == 4
+    assert s["ci_low"] < 0 < s["ci_high"]
+    assert s["p_value"] == pytest.approx(1.0)
+
+
+def test_wilcoxon_p_matches_the_exact_distribution_by_hand():
+    # n = 4, ranks 1..4, W- = 2 (only the difference -2 is negative). Of the 2^4 equally likely sign
+    # patterns, 3 have W- <= 2 ({}, {1}, {2}); two-sided p = 2 * 3/16.
+    assert paired.paired_stats([1.0, -2.0, 3.0, 4.0], [0.0] * 4)["p_value"] == pytest.approx(6 / 16)
+    # all three positive: W- = 0, p = 2 * 1/8
+    assert paired.wilcoxon_p([0.5, 1.0, 2.0]) == pytest.approx(0.25)
+
+
+def test_degenerate_inputs_give_nan_not_errors():
+    one = paired.paired_stats([1.0], [0.0])
+    assert one["n"] == 1 and one["mean"] == 1.0 and np.isnan(one["ci_low"]) and np.isnan(one["p_value"])
+    zeros = paired.paired_stats([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert zeros["mean"] == 0.0 and np.isnan(zeros["p_value"]) and zeros["ci_low"] == zeros["ci_high"] == 0.0
+    empty = paired.paired_stats([], [])
+    assert empty["n"] == 0 and np.isnan(empty["mean"])
+    dropped = paired.paired_stats([1.0, np.nan, 3.0], [0.0, 0.0, 1.0])   # the NaN pair is dropped
+    assert dropped["n"] == 2 and dropped["mean"] == 1.5
+    with pytest.raises(ValueError, match="same length"):
+        paired.paired_stats([1.0, 2.0], [1.0])
+
+
+def test_bootstrap_is_deterministic_by_seed_and_resamples_whole_rows():
+    rng = np.random.default_rng(0)
+    traces = rng.normal(0, 1, (12, 5))
+    a = paired.bootstrap_mean_ci(traces, seed=3)
+    b = paired.bootstrap_mean_ci(traces, seed=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[0].shape == (5,) and np.all(a[0] < traces.mean(0)) and np.all(traces.mean(0) < a[1])
+    low, high = paired.bootstrap_mean_ci(traces[:, 2], seed=3)   # same draws column by column
+    assert low == pytest.approx(a[0][2]) and high == pytest.approx(a[1][2])
+
+
+def test_failure_rate_counts_values_below_the_threshold_and_nan():
+    assert paired.failure_rate([10.0, 14.9, 15.0, 20.0], 15.0) == 0.5
+    assert paired.failure_rate([16.0, np.nan], 15.0) == 0.5
+    assert np.isnan(paired.failure_rate([], 15.0))
