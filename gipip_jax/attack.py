@@ -12,7 +12,7 @@ rendered images.
 Shape of the code: `make_attack` returns pure `init`/`step` functions over an `AttackState` of
 arrays only; `make_inverter` builds the loop that runs them in jitted `lax.scan` chunks (one
 compile serves every target and restart), reports progress between chunks, and keeps the best
-of several restarts by final objective value.
+of several restarts by final matching term (or objective).
 """
 
 from __future__ import annotations
@@ -146,16 +146,20 @@ def make_inverter(
     log: Callable[[str], None] = print,
     log_every: int | None = None,
     parameterization: Parameterization | None = None,
+    select: str = "matching",
 ) -> Callable[[PyTree, jax.Array, jax.Array, tuple], Inversion]:
     """Returns invert(target_grads, labels, key, shape) -> Inversion, compiled once for all targets.
 
     invert runs `restarts` independent attacks one after another from keys split off `key`
-    and keeps the lowest final objective. shape: (B, H, W, C) of the candidates; labels:
+    and keeps the one with the lowest final matching term (`select="matching"`, as the GI-PIP
+    authors rank restarts) or objective (`select="objective"`). shape: (B, H, W, C) of the candidates; labels:
     int (B,) or soft (B, K). It raises AttackDivergedError when every restart ends with a
     non-finite objective. `parameterization` replaces the pixels (and `bounds`) as what is optimized.
     """
     if iterations < 1 or restarts < 1 or chunk_size < 1:
         raise ValueError(f"iterations, restarts and chunk_size must be >= 1, got {iterations}, {restarts}, {chunk_size}")
+    if select not in ("matching", "objective"):
+        raise ValueError(f"unknown restart selection {select!r}; choose matching or objective")
     attack = make_attack(objective, optimizer, bounds, parameterization=parameterization)
     chunk = make_chunk_runner(attack, min(chunk_size, iterations))
     final_objective = jax.jit(objective)
@@ -184,11 +188,12 @@ def make_inverter(
         for restart, restart_key in enumerate(jax.random.split(key, restarts)):
             loss, x, terms = run_one(restart, restart_key, target_grads, labels, shape)
             losses.append(loss)
-            if np.isfinite(loss) and (best is None or loss < best[1]):
-                best = (restart, loss, x, terms)
+            score = float(terms["matching"]) if select == "matching" else loss
+            if np.isfinite(loss) and (best is None or score < best[0]):
+                best = (score, restart, loss, x, terms)
         if best is None:
             raise AttackDivergedError(f"the objective became NaN/Inf in all {restarts} restart(s)")
-        restart, loss, x, terms = best
+        _, restart, loss, x, terms = best
         images01 = np.asarray(jnp.clip(denormalize(x), 0.0, 1.0))
         return Inversion(images01, loss, {k: float(v) for k, v in terms.items()}, restart, losses)
 

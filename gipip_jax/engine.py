@@ -34,11 +34,12 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gipip_jax.attack import AttackState, make_attack
-from gipip_jax.objectives import ObjectiveWeights
+from gipip_jax.objectives import ObjectiveWeights, term_weight
 from gipip_jax.parameterizations import Parameterization
 
 PyTree = Any
@@ -100,7 +101,10 @@ class WaveResult(NamedTuple):
 class Program(NamedTuple):
     """The compiled functions of one plan: init(inputs) -> state; chunk(state, inputs, total) ->
     state (runs chunk_size steps, donating the state); evaluate(state, inputs) -> (loss, terms,
-    images01). state_shape: the WaveState as sharded ShapeDtypeStructs (to restore checkpoints into)."""
+    images01). state_shape: the WaveState as sharded ShapeDtypeStructs (to restore checkpoints into).
+    diagnose(state, inputs) -> (terms {name: (N,)}, grad_norms {name: (N,)}, images01): every
+    objective term at the current iterate and the L2 norm of its WEIGHTED gradient with respect to
+    what is optimized (jitted on first use; it costs about one step per term)."""
 
     plan: Plan
     init: Callable
@@ -108,6 +112,7 @@ class Program(NamedTuple):
     evaluate: Callable
     bytes_per_device: int
     state_shape: WaveState
+    diagnose: Callable
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -211,7 +216,17 @@ class Engine:
             loss, terms = objective(x, inp.target_grads, inp.labels, inp.weights)
             return loss, terms, jnp.clip(self.denormalize(x), 0.0, 1.0)
 
-        return init_one, step_one, evaluate_one
+        def diagnose_one(s: WaveState, inp: AttackInputs):
+            terms, pullback = jax.vjp(
+                lambda p: objective(attack.render(p), inp.target_grads, inp.labels, inp.weights)[1], s.attack.x)
+            norms = {}
+            for name in terms:
+                cotangent = {n: jnp.where(n == name, term_weight(inp.weights, n), 0.0).astype(v.dtype)
+                             for n, v in terms.items()}
+                norms[name] = optax.global_norm(pullback(cotangent)[0])
+            return terms, norms, jnp.clip(self.denormalize(attack.render(s.attack.x)), 0.0, 1.0)
+
+        return init_one, step_one, evaluate_one, diagnose_one
 
     # -- compiling a plan ----------------------------------------------------------------------
 
@@ -223,7 +238,7 @@ class Engine:
             raise ValueError(f"unknown engine strategy {plan.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if plan.num_devices != self.num_devices or plan.attacks_per_device < 1:
             raise ValueError(f"plan {plan} does not fit a mesh of {self.num_devices} device(s)")
-        init_one, step_one, evaluate_one = self._attack_functions(plan.strategy)
+        init_one, step_one, evaluate_one, diagnose_one = self._attack_functions(plan.strategy)
         chunk_size, strategy = self.chunk_size, plan.strategy
 
         def local_init(inputs):
@@ -241,6 +256,9 @@ class Engine:
         def local_evaluate(state, inputs):
             return _per_attack(evaluate_one, strategy)(state, inputs)
 
+        def local_diagnose(state, inputs):
+            return _per_attack(diagnose_one, strategy)(state, inputs)
+
         sharded = P(AXIS)
 
         def shard(fn, in_specs, donate=()):
@@ -256,7 +274,8 @@ class Engine:
         total = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(self.mesh, P()))
         chunk = shard(local_chunk, (sharded, sharded, P()), donate=(0,)).lower(abstract_state, abstract_inputs, total).compile()
         evaluate = shard(local_evaluate, (sharded, sharded)).lower(abstract_state, abstract_inputs).compile()
-        program = Program(plan, init, chunk, evaluate, _bytes_per_device(chunk), abstract_state)
+        diagnose = shard(local_diagnose, (sharded, sharded))
+        program = Program(plan, init, chunk, evaluate, _bytes_per_device(chunk), abstract_state, diagnose)
         self._programs[plan] = program
         return program
 
@@ -275,14 +294,15 @@ class Engine:
     # -- running -------------------------------------------------------------------------------
 
     def run_wave(self, program: Program, inputs: AttackInputs, iterations: int, *, state: WaveState | None = None,
-                 on_chunk: Callable[[WaveState], None] | None = None) -> tuple[WaveState, WaveResult]:
+                 on_chunk: Callable[[WaveState], None] | None = None,
+                 device_inputs: AttackInputs | None = None) -> tuple[WaveState, WaveResult]:
         """Runs one wave to `iterations` steps per attack (restarted attacks start over).
 
-        inputs: host AttackInputs with N = plan.wave_size; state: a state to resume from (e.g.
-        restored from a checkpoint); on_chunk(state) is called after every chunk (progress,
-        checkpoints). Returns the final state and its host results.
+        inputs: host AttackInputs with N = plan.wave_size (device_inputs: the same already `put`);
+        state: a state to resume from (e.g. restored from a checkpoint); on_chunk(state) is called
+        after every chunk (progress, checkpoints, traces). Returns the final state and its host results.
         """
-        device_inputs = self.put(inputs)
+        device_inputs = self.put(inputs) if device_inputs is None else device_inputs
         state = program.init(device_inputs) if state is None else state
         total = jnp.asarray(iterations, jnp.int32)
         while not wave_finished(state, iterations):

@@ -145,8 +145,10 @@ def _victim_and_variables(config: ml_collections.ConfigDict, info: data.DatasetI
             raise ValueError(f"the victim checkpoint is for images {victim.image_shape} with {victim.num_classes} "
                              f"classes; {info.name} has {info.image_shape} and {info.num_classes}")
         return victim, variables, {"checkpoint": config.victim.checkpoint, "epochs": meta.get("epochs")}
-    victim = make_victim(config.victim.name, info.num_classes, info.image_shape)
-    return victim, victim.init(jax.random.key(config.victim.init_seed)), {"epochs": 0, "init_seed": config.victim.init_seed}
+    init = config.victim.get("init", "flax")
+    victim = make_victim(config.victim.name, info.num_classes, info.image_shape, init=init)
+    return victim, victim.init(jax.random.key(config.victim.init_seed)), {"epochs": 0, "init_seed": config.victim.init_seed,
+                                                                          "init": init}
 
 
 def _prior(config: ml_collections.ConfigDict):
@@ -209,7 +211,8 @@ def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     else:
         optimizer = attack_lib.make_optimizer(a.learning_rate, a.iterations, signed=a.signed)
         invert = attack_lib.make_inverter(objective, optimizer, info.bounds(), info.denormalize,
-                                          iterations=a.iterations, restarts=a.restarts, chunk_size=a.chunk_size)
+                                          iterations=a.iterations, restarts=a.restarts, chunk_size=a.chunk_size,
+                                          select=a.get("restart_selection", "matching"))
     client_update = jax.jit(lambda x, y: fedsgd_update(victim, variables, x, y))
 
     results_path = os.path.join(workdir, "results.jsonl")
@@ -217,7 +220,7 @@ def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     done = {tuple(r["target_indices"]) for r in results.read_records(results_path) if r.get("fingerprint") == fingerprint}
     size = config.targets.batch_size
     if config.targets.get("unique_labels", True):
-        batches = [data.unique_label_batch(target_set.labels, int(s), size) for s in config.targets.starts]
+        batches = data.unique_label_batches(target_set.labels, config.targets.starts, size)
     else:  # consecutive images from each start: labels as they come, repeats possible
         if max(config.targets.starts) + size > len(target_set.labels):
             raise ValueError(f"targets.starts reach past the {len(target_set.labels)} images of the split")
@@ -237,7 +240,7 @@ def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                   "victim": victim_meta, "target_indices": indices.tolist(), "labels": labels.tolist(),
                   "batch_size": len(indices), "iterations": a.iterations, "restarts": a.restarts,
                   "as_offset": offset if reconstruct else None,
-                  "prior": {k: prior_meta[k] for k in ("dataset", "aux_count", "aux_fraction", "epochs")} if prior_meta else None,
+                  "prior": {k: prior_meta.get(k) for k in ("dataset", "aux_count", "aux_fraction", "epochs", "recipe")} if prior_meta else None,
                   "fingerprint": fingerprint, "config": config.to_dict()}
         if label_source in label_lib.STRATEGIES:
             attack_labels = label_lib.recover(label_source, update.grads, update.batch_size, victim, variables,
@@ -257,7 +260,9 @@ def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         scores = metrics.evaluate(inversion.images01, x01, lpips_net=config.metrics.lpips_net)
         record.update(status="ok", seconds=time.perf_counter() - start, loss=inversion.loss, terms=inversion.terms,
                       restart_losses=inversion.restart_losses, per_image=scores,
-                      **{m: float(np.mean(scores[m])) for m in ("psnr", "ssim", "ssim_best_match", "mse", "lpips") if m in scores})
+                      restart_selection=a.get("restart_selection", "matching"),
+                      **{m: float(np.mean(scores[m])) for m in ("psnr", "ssim", "ssim_padded", "ssim_best_match", "mse", "lpips")
+                         if m in scores})
         results.append_record(results_path, record)
         records.append(record)
         grid_truth.append(x01)

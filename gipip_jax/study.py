@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gipip_jax import data, defenses, engine, metrics, parameterizations, results, threat_models
+from gipip_jax import checkpoints, data, defenses, engine, metrics, parameterizations, results, threat_models
 from gipip_jax import dip as dip_lib
 from gipip_jax import gan as gan_lib
 from gipip_jax import labels as label_lib
@@ -54,15 +54,22 @@ from gipip_jax.victims import make_victim
 
 WEIGHT_FIELDS = ("tv_weight", "as_weight", "as_offset", "bn_weight", "feature_weight")
 GRID_FIELDS = WEIGHT_FIELDS + tuple(defenses.DEFENSE_DEFAULTS)
+# How the restart kept per target is chosen: the matching term alone (the authors' ranking) or the full objective.
+RESTART_SELECTIONS = ("matching", "objective")
+TRACE_POINTS = 20   # diagnostics per attack (record["trace"]), at chunk boundaries
+TRACE_FILE = "trace.json"
 GRID_DEFAULTS = {"tv_weight": 0.0, "as_weight": 0.0, "as_offset": None, "bn_weight": 0.0, "feature_weight": 0.0,
                  **defenses.DEFENSE_DEFAULTS}
 
 
-def expand(config: ml_collections.ConfigDict, labels: np.ndarray, as_offset: float) -> list[dict]:
+def expand(config: ml_collections.ConfigDict, labels: np.ndarray, as_offset: float, exclude=()) -> list[dict]:
     """The study's attacks in a fixed order: targets, then settings, then restarts.
 
-    Each: id, target (batch number), target_indices, setting {every GRID_FIELDS value}, restart,
-    and its key data (uint32 (2,)): split(fold_in(key(seed), first index), restarts)[restart].
+    Targets: batch numbers `targets.starts` of the split's partition into disjoint batches of
+    distinct labels (`data.unique_label_batches`), skipping `exclude` (the AE's auxiliary images when
+    the targets come from the split it was trained on). Each attack: id, target (its position in
+    targets.starts), target_indices, setting {every GRID_FIELDS value}, restart, and its key data
+    (uint32 (2,)): split(fold_in(key(seed), first index), restarts)[restart].
     """
     unknown = set(config.grid.keys()) - set(GRID_FIELDS)
     if unknown:
@@ -76,8 +83,8 @@ def expand(config: ml_collections.ConfigDict, labels: np.ndarray, as_offset: flo
             raise ValueError("grid.as_weight > 0 needs the AE prior (prior.checkpoint)")
     restarts = int(config.attack.restarts)
     attacks = []
-    for target, start in enumerate(config.targets.starts):
-        indices = data.unique_label_batch(labels, int(start), config.targets.batch_size)
+    batches = data.unique_label_batches(labels, config.targets.starts, config.targets.batch_size, exclude=exclude)
+    for target, indices in enumerate(batches):
         keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), int(indices[0])), restarts)
         for setting in settings:
             for restart in range(restarts):
@@ -115,13 +122,19 @@ class Study:
         info = self.info = self.target_set.info
         self.victim, self.variables, self.victim_meta = _victim_and_variables(config, info)
         reconstruct, offset, self.prior_meta = _prior_for_grid(config)
-        self.attacks = expand(config, self.target_set.labels, offset if reconstruct else None)
+        self.excluded = prior_auxiliary_indices(config, len(self.target_set.labels))
+        if len(self.excluded):
+            log(f"targets skip the {len(self.excluded)} auxiliary images the AE prior was trained on")
+        self.attacks = expand(config, self.target_set.labels, offset if reconstruct else None, self.excluded)
         settings = [a["setting"] for a in self.attacks]
         build_weights = ObjectiveWeights(tv=max(s["tv_weight"] for s in settings),
                                          anomaly=max(s["as_weight"] for s in settings), anomaly_offset=offset,
                                          bn_stats=max(s["bn_weight"] for s in settings),
                                          features=max(s["feature_weight"] for s in settings))
         self.threat = threat_models.check_threat_config(dict(config.get("threat") or {}))
+        self.selection = config.attack.get("restart_selection", "matching")
+        if self.selection not in RESTART_SELECTIONS:
+            raise ValueError(f"unknown attack.restart_selection {self.selection!r}; choose one of {RESTART_SELECTIONS}")
         self.label_source = config.attack.get("labels", "given")
         if self.label_source not in ("given", *label_lib.STRATEGIES):
             raise ValueError(f"unknown attack.labels {self.label_source!r}; choose given or one of {label_lib.STRATEGIES}")
@@ -245,6 +258,22 @@ def _prior_for_grid(config):
     return _prior(probe)
 
 
+def prior_auxiliary_indices(config: ml_collections.ConfigDict, num_examples: int) -> np.ndarray:
+    """Indices of the split that the configured AE prior was trained on (empty when it was trained on
+    another dataset or split, or no prior is configured): targets must not be among them."""
+    path = config.get("prior", {}).get("checkpoint")
+    if not path:
+        return np.zeros(0, np.int64)
+    metadata_path = os.path.join(resolve_path(path), checkpoints.METADATA_FILE)
+    if not os.path.exists(metadata_path):
+        return np.zeros(0, np.int64)
+    with open(metadata_path) as f:
+        meta = json.load(f)
+    if meta.get("dataset") != config.data.name or meta.get("split") != config.data.split:
+        return np.zeros(0, np.int64)
+    return data.auxiliary_indices(num_examples, count=int(meta["aux_count"]), seed=int(meta["aux_seed"]))
+
+
 def _write_json(path: str, value: dict) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -261,36 +290,95 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                                    None if e.get("process_id", -1) < 0 else e.process_id)
     os.makedirs(workdir, exist_ok=True)
     study = Study(config, workdir)
-    plan = study.plan()
-    program = study.engine.program(plan, study.inputs([0]))
     writer = jax.process_index() == 0
     results_path = os.path.join(workdir, "results.jsonl")
     done = {r["attack_id"] for r in results.read_records(results_path) if r.get("fingerprint") == study.fingerprint}
-    total, size = len(study.attacks), plan.wave_size
-    waves = [list(range(start, min(start + size, total))) for start in range(0, total, size)]
-    print(f"{total} attacks ({len(done)} already done) in {len(waves)} wave(s) of {size}: "
-          f"{plan.strategy}, {plan.attacks_per_device} per device x {plan.num_devices} device(s)")
+    total = len(study.attacks)
     records = []
-    for number, ids in enumerate(waves):
-        if all(i in done for i in ids):
-            continue
-        padded = ids + [ids[-1]] * (size - len(ids))   # padding slots repeat the last attack; never recorded
-        records += _run_wave(study, program, number, len(waves), ids, padded, done, results_path, writer)
-        done.update(ids)
+    if len(done) < total:   # a finished study compiles nothing
+        plan = study.plan()
+        program = study.engine.program(plan, study.inputs([0]))
+        size = plan.wave_size
+        waves = [list(range(start, min(start + size, total))) for start in range(0, total, size)]
+        print(f"{total} attacks ({len(done)} already done) in {len(waves)} wave(s) of {size}: "
+              f"{plan.strategy}, {plan.attacks_per_device} per device x {plan.num_devices} device(s)")
+        for number, ids in enumerate(waves):
+            if all(i in done for i in ids):
+                continue
+            padded = ids + [ids[-1]] * (size - len(ids))   # padding slots repeat the last attack; never recorded
+            records += _run_wave(study, program, number, len(waves), ids, padded, done, results_path, writer)
+            done.update(ids)
     if writer:
         _save_grid(study, workdir)
+    finished = [r for r in results.read_records(results_path) if r.get("fingerprint") == study.fingerprint]
+    failed = sum(r.get("status") != "ok" for r in finished)
+    print(f"{len({r['attack_id'] for r in finished})}/{total} attacks done, {failed} failed; results in {results_path}")
     return records
+
+
+def trace_steps(iterations: int, chunk_size: int, points: int = TRACE_POINTS) -> list[int]:
+    """The steps at which a wave's trace is taken: ~`points` chunk boundaries spread over the
+    iterations, and the last step."""
+    every = max(1, round(iterations / points / chunk_size)) * chunk_size
+    return sorted({*range(every, iterations, every), iterations})
+
+
+class Trace:
+    """Per-attack diagnostics of a wave at `trace_steps`: the objective terms, the norm of each
+    term's weighted gradient, and the mean order-matched PSNR of the current images.
+
+    Stored next to the wave's checkpoint (trace.json) so a resumed wave keeps what it had.
+    """
+
+    def __init__(self, study, program, padded, iterations: int):
+        self.study, self.program, self.padded = study, program, padded
+        self.at = set(trace_steps(iterations, study.config.engine.chunk_size))
+        self.truth = [study.target_set.take(np.asarray(study.attacks[i]["target_indices"]))[0] for i in padded]
+        self.rows: list[dict] = []   # one per trace point: step, terms, grad_norms, psnr (lists over slots)
+
+    def maybe_take(self, state, inputs, step: int) -> None:
+        if step not in self.at or any(row["step"] == step for row in self.rows):
+            return
+        terms, norms, images01 = engine.to_host(self.program.diagnose(state, inputs))
+        steps = engine.to_host(state.attack.step)
+        psnr = []
+        for slot, truth in enumerate(self.truth):
+            rec = images01[slot]
+            if len(truth) > 1:
+                rec = rec[metrics.match_order(rec, truth)]
+            psnr.append(float(np.mean(metrics.psnr(rec, truth))))
+        self.rows.append({"step": step, "attack_steps": steps.tolist(), "psnr": psnr,
+                          "terms": {k: v.tolist() for k, v in terms.items()},
+                          "grad_norms": {k: v.tolist() for k, v in norms.items()}})
+
+    def of_slot(self, slot: int) -> dict:
+        """The record's trace: steps, psnr, terms {name: [...]}, grad_norms {name: [...]} (lists over steps)."""
+        rows = sorted(self.rows, key=lambda row: row["step"])
+        return {"steps": [row["attack_steps"][slot] for row in rows], "psnr": [row["psnr"][slot] for row in rows],
+                "terms": {k: [row["terms"][k][slot] for row in rows] for k in (rows[0]["terms"] if rows else {})},
+                "grad_norms": {k: [row["grad_norms"][k][slot] for row in rows] for k in (rows[0]["grad_norms"] if rows else {})}}
+
+    def save(self, folder: str) -> None:
+        _write_json(os.path.join(folder, TRACE_FILE), {"rows": self.rows})
+
+    def load(self, folder: str, chunks_run: int) -> None:
+        path = os.path.join(folder, TRACE_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                limit = chunks_run * self.study.config.engine.chunk_size
+                self.rows = [row for row in json.load(f)["rows"] if row["step"] <= limit]
 
 
 def _run_wave(study, program, number, count, ids, padded, done, results_path, writer) -> list[dict]:
     config, iterations = study.config, study.config.attack.iterations
     path = os.path.abspath(os.path.join(study.workdir, "state", f"wave_{number:05d}"))
-    every = max(1, config.engine.checkpoint_every // config.engine.chunk_size) * config.engine.chunk_size
     manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=1))
     state, chunks = None, manager.latest_step() or 0   # checkpoints are labelled by chunks run
+    trace = Trace(study, program, padded, iterations)
     if chunks:
         try:
             state = manager.restore(chunks, args=ocp.args.StandardRestore(program.state_shape))
+            trace.load(path, chunks)
             print(f"wave {number + 1}/{count}: resumed after {chunks} chunk(s) from {path}")
         except Exception as error:  # torn, corrupt or from another plan: only this wave's progress is lost
             print(f"wave {number + 1}/{count}: checkpoint {path} is unreadable ({type(error).__name__}); "
@@ -299,15 +387,22 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
             shutil.rmtree(path)
             manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=1))
             state, chunks = None, 0
+            trace = Trace(study, program, padded, iterations)
     start, resumed, last_log = time.perf_counter(), chunks, [0.0]
     per_save = max(1, config.engine.checkpoint_every // config.engine.chunk_size)
+    inputs = study.inputs(padded)
+    device_inputs = study.engine.put(inputs)
 
     def on_chunk(s):
         nonlocal chunks
         chunks += 1
+        trace.maybe_take(s, device_inputs, chunks * config.engine.chunk_size)
         steps = engine.to_host(s.attack.step)
         if chunks % per_save == 0 and not engine.wave_finished(s, iterations):
             manager.save(chunks, args=ocp.args.StandardSave(s))
+            manager.wait_until_finished()
+            if writer:
+                trace.save(path)
         now = time.perf_counter()
         if now - last_log[0] >= 10 or steps.min() >= iterations:
             rate = len(padded) * (chunks - resumed) * config.engine.chunk_size / (now - start)
@@ -315,7 +410,8 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
                   f"{len(done)}/{len(study.attacks)}  {rate:.1f} attack-steps/s", flush=True)
             last_log[0] = now
 
-    _, result = study.engine.run_wave(program, study.inputs(padded), iterations, state=state, on_chunk=on_chunk)
+    _, result = study.engine.run_wave(program, inputs, iterations, state=state, on_chunk=on_chunk,
+                                      device_inputs=device_inputs)
     manager.wait_until_finished()
     seconds = time.perf_counter() - start
     records = []
@@ -327,7 +423,7 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
         for slot, attack_id in enumerate(ids):
             if attack_id in done:
                 continue
-            record = _record(study, attack_id, slot, result, seconds, number, len(padded))
+            record = _record(study, attack_id, slot, result, seconds, number, len(padded), trace.of_slot(slot))
             results.append_record(results_path, record)
             records.append(record)
     manager.close()
@@ -336,34 +432,45 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
     return records
 
 
-def _record(study, attack_id, slot, result, seconds, wave, wave_size) -> dict:
+def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace) -> dict:
     a, config, info = study.attacks[attack_id], study.config, study.info
     x01, labels = study.target_set.take(np.asarray(a["target_indices"]))
     record = {"attack": attack_name(config, a["setting"]), "attack_id": attack_id, "dataset": info.name,
               "split": config.data.split, "model": study.victim.name, "victim": study.victim_meta,
               "target_indices": a["target_indices"], "labels": labels.tolist(), "batch_size": len(labels),
               "iterations": config.attack.iterations, "restart": a["restart"], "restarts": config.attack.restarts,
+              "restart_selection": study.selection,
               "setting": a["setting"], "setting_label": setting_label(a["setting"]), "threat": study.threat, "steps": int(result.steps[slot]),
               "tries": int(result.tries[slot]), "label_source": study.label_source,
               "recovered_labels": study.attack_labels[a["update"]].tolist(),
               "label_accuracy": label_lib.accuracy(study.attack_labels[a["update"]], labels),
-              "wave": wave, "wave_size": wave_size, "seconds": seconds,
-              "prior": {k: study.prior_meta[k] for k in ("dataset", "aux_count", "aux_fraction", "epochs")}
+              # this attack's share of its wave's wall time (this run's part of it, when resumed)
+              "wave": wave, "wave_size": wave_size, "wave_seconds": wave_seconds, "seconds": wave_seconds / wave_size,
+              "prior": {k: study.prior_meta.get(k) for k in ("dataset", "aux_count", "aux_fraction", "epochs", "recipe")}
               if study.prior_meta and a["setting"]["as_weight"] > 0 else None,
               "parameterization": config.attack.get("parameterization", "pixels"), "gan_prior": study.gan_meta,
-              "fingerprint": study.fingerprint, "config": config.to_dict()}
+              "trace": trace, "fingerprint": study.fingerprint, "config": config.to_dict()}
     if result.failed[slot] or not np.isfinite(result.loss[slot]):
         record.update(status="failed", error=f"objective NaN/Inf after {int(result.tries[slot])} restart(s)")
         return record
     scores = metrics.evaluate(result.images01[slot], x01, lpips_net=config.metrics.lpips_net)
     record.update(status="ok", loss=float(result.loss[slot]),
                   terms={k: float(v[slot]) for k, v in result.terms.items()}, per_image=scores,
-                  **{m: float(np.mean(scores[m])) for m in ("psnr", "ssim", "ssim_best_match", "mse", "lpips") if m in scores})
+                  **{m: float(np.mean(scores[m])) for m in ("psnr", "ssim", "ssim_padded", "ssim_best_match", "mse", "lpips")
+                     if m in scores})
     return record
 
 
+def selection_score(record: dict) -> float:
+    """What ranks a target's restarts (lower is better): the matching term or the full objective,
+    by the record's restart_selection (records without one: the matching term)."""
+    if record.get("restart_selection", "matching") == "matching" and "matching" in record.get("terms", {}):
+        return record["terms"]["matching"]
+    return record["loss"]
+
+
 def _save_grid(study, workdir: str) -> None:
-    """Ground truth, then per setting the lowest-loss restart of every target (order matched)."""
+    """Ground truth, then per setting the restart of every target kept by `selection_score` (order matched)."""
     finished = {r["attack_id"]: r for r in results.read_records(os.path.join(workdir, "results.jsonl"))
                 if r.get("fingerprint") == study.fingerprint and r.get("status") == "ok"}
     folder = os.path.join(workdir, "reconstructions")
@@ -374,7 +481,7 @@ def _save_grid(study, workdir: str) -> None:
     best = {}
     for attack_id, r in finished.items():
         key = (json.dumps(r["setting"], sort_keys=True), r["target_indices"][0])
-        if attack_id in images and (key not in best or r["loss"] < finished[best[key]]["loss"]):
+        if attack_id in images and (key not in best or selection_score(r) < selection_score(finished[best[key]])):
             best[key] = attack_id
     settings = sorted({k[0] for k in best})
     targets = sorted({tuple(a["target_indices"]) for a in study.attacks})

@@ -22,12 +22,12 @@ def get_config(arg=None):
     c.name = "gipip"
     c.seed = 0
     c.data = dict(name="cifar10", split="test", data_dir=None, cache_dir=None, image_size=None)
-    # Each start index gives one target batch: the first images from there on with distinct labels.
+    # Batch numbers of the split's partition into disjoint batches of distinct labels (data.unique_label_batches).
     c.targets = dict(starts=list(range(8)), batch_size=1)
-    c.victim = dict(name="resnet18", checkpoint="", init_seed=0)
+    c.victim = dict(name="resnet18", checkpoint="", init_seed=0, init="torch")  # init: torch (the authors' PyTorch defaults) | flax
     c.prior = dict(checkpoint="experiments/checkpoints/ae_cifar10_aux5", offset=None)
     c.attack = dict(matching="cosine", tv_weight=1e-6, as_weight=1e-6, learning_rate=0.1, signed=False,
-                    iterations=10_000, restarts=1, chunk_size=100,
+                    iterations=10_000, restarts=1, chunk_size=100, restart_selection="matching",
                     conv="auto")  # the attacked victim copy's convs: auto (patch_grad on CPU) | native | patch_grad
     c.metrics = dict(lpips_net="alexnet")
     if arg == "smoke":

@@ -30,10 +30,11 @@ def get_config(arg=None):
     c.seed = 0
     c.data = dict(name="cifar10", split="test", data_dir=None, cache_dir=None, image_size=None)
     c.targets = dict(starts=list(range(8)), batch_size=1)
-    c.victim = dict(name="convnet", checkpoint="", init_seed=0)
+    c.victim = dict(name="convnet", checkpoint="", init_seed=0, init="flax")  # init: flax | torch (PyTorch's defaults)
     c.prior = dict(checkpoint="experiments/checkpoints/ae_cifar10_aux5", offset=None)
     # labels: "given", or recovered from each shared update: idlg | yin | llg | bias_count.
     c.attack = dict(matching="cosine", learning_rate=0.1, signed=False, iterations=1000, restarts=1, max_tries=2,
+                    restart_selection="matching",  # the restart kept per target: lowest matching term | objective
                     labels="given")
     # One threat model per study: fedsgd | fedavg (local_steps, local_lr, local_batch_size), clients summed.
     c.threat = dict(THREAT_DEFAULTS)

@@ -1,0 +1,117 @@
+"""Does the AS prior help? GI-PIP's central claim at the authors' protocol and budget (issue 14).
+
+Every part attacks the same targets with and without the anomaly-score prior and compares them per
+target (paired ΔPSNR / ΔSSIM with a 95 % bootstrap CI and a Wilcoxon signed-rank p-value, medians and
+the share of failed reconstructions, < 15 dB, in the report), with the authors' protocol: targets
+drawn from the TRAIN split (skipping the AE's auxiliary images) with distinct labels in a batch and
+disjoint batches, victims with PyTorch's default initialization (`victim.init=torch`), untrained,
+Adam 0.1 unsigned with the step schedule, c = 0.001 at 32 px (0.002 at 64 px), restarts ranked by the
+matching term. Each record carries a trace (20 points: objective terms, each term's weighted gradient
+norm, PSNR), so the report shows when AS steers the step.
+
+    python experiments/as_claim.py VARIANT [WORKDIR]      (default WORKDIR runs/as_claim_VARIANT)
+
+Parts of the `cpu` variant (CIFAR-10 32 px, 10,000 iterations; run in this order, each resumable):
+  a  resnet_bs1        the authors' CIFAR-10 protocol exactly: CIFAR ResNet-18, bs 1, λ_TV 1e-6,
+                       λ_AS in {0, 1e-6}, reference-recipe AE (BCE, Adadelta 0.1, 100 epochs), 8 targets
+  b  convnet_bs1       the tail hypothesis on the ConvNet: bs 1, λ_TV 1e-6, λ_AS in {0, 1e-4, 1e-2, 1e-1},
+                       reference AE, 16 targets
+  b  convnet_bs4       the same at bs 4 (λ_TV 1e-5), 16 disjoint batches
+  c  convnet_bs4_mse   does the AE matter: the bs-4 AS arms with the MSE/Adam AE (its IG arm would be
+                       convnet_bs4's, same targets and keys, so it is not run twice)
+Expected runtime on the 2-core CPU: a ~4 h (~11 attack-steps/s), b bs 1 ~5 h, b bs 4 ~15 h, c ~11 h:
+a multi-session run; kill it at any time and rerun the same command to resume.
+
+Variants:
+  smoke  tiny victim, 16 px CIFAR-10, bs 1 and 2, 2 targets, 20 iterations, AEs trained 20 steps:
+         ~3 min on the 2-core CPU (tested in CI)
+  cpu    the parts above
+  full   64 px Tiny-ImageNet, ResNet-18 (torch init), 48,000 iterations, bs 1 (λ_TV 1e-6, λ_AS {0, 1e-6})
+         and bs 4 (λ_TV 5e-4, λ_AS {0, 1e-4}), 8 targets each, reference-recipe AE on 3.8 % of the
+         Tiny-ImageNet train subset: one command for a GPU (not run yet: no GPU lent)
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gipip_jax import experiment
+
+REFERENCE_AE = "experiments/checkpoints/ae_cifar10_aux5_reference"   # BCE, Adadelta 0.1, 100 epochs
+MSE_AE = "experiments/checkpoints/ae_cifar10_aux5"                   # MSE, Adam 1e-3, 150 epochs
+PART = dict  # one study: label, victim, batch size, λ_TV, λ_AS grid, targets, prior ("reference" | "mse")
+
+VARIANTS = {
+    "smoke": dict(dataset="cifar10", image_size=16, iterations=20, lpips=None, prior_steps=20, parts=[
+        PART(name="tiny_bs1", victim="convnet_tiny", batch_size=1, tv=1e-6, as_weights=[0.0, 1e-2], targets=2,
+             prior="reference"),
+        PART(name="tiny_bs2_mse", victim="convnet_tiny", batch_size=2, tv=1e-5, as_weights=[1e-2], targets=2,
+             prior="mse")],
+        engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 2, "engine.chunk_size": 5,
+                "engine.checkpoint_every": 10}),
+    "cpu": dict(dataset="cifar10", image_size=None, iterations=10_000, lpips="alexnet", parts=[
+        PART(name="resnet_bs1", victim="resnet18", batch_size=1, tv=1e-6, as_weights=[0.0, 1e-6], targets=8,
+             prior="reference", engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 2}),
+        PART(name="convnet_bs1", victim="convnet", batch_size=1, tv=1e-6, as_weights=[0.0, 1e-4, 1e-2, 1e-1],
+             targets=16, prior="reference"),
+        PART(name="convnet_bs4", victim="convnet", batch_size=4, tv=1e-5, as_weights=[0.0, 1e-4, 1e-2, 1e-1],
+             targets=16, prior="reference"),
+        PART(name="convnet_bs4_mse", victim="convnet", batch_size=4, tv=1e-5, as_weights=[1e-4, 1e-2, 1e-1],
+             targets=16, prior="mse")],
+        engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4, "engine.chunk_size": 50,
+                "engine.checkpoint_every": 500}),
+    "full": dict(dataset="tiny_imagenet", image_size=None, iterations=48_000, lpips="alexnet", prior_steps=20_000,
+                 parts=[PART(name="resnet_bs1_64px", victim="resnet18", batch_size=1, tv=1e-6, as_weights=[0.0, 1e-6],
+                             targets=8, prior="reference"),
+                        PART(name="resnet_bs4_64px", victim="resnet18", batch_size=4, tv=5e-4, as_weights=[0.0, 1e-4],
+                             targets=8, prior="reference")],
+                 engine={"engine.chunk_size": 200, "engine.checkpoint_every": 2000}),
+}
+
+
+def priors(name: str, v: dict, workdir: str) -> dict:
+    """{"reference": path, "mse": path}: the shipped CIFAR-10 AEs for `cpu`, else trained in WORKDIR."""
+    if name == "cpu":
+        return {"reference": REFERENCE_AE, "mse": MSE_AE}
+    fraction = 0.038 if v["dataset"] == "tiny_imagenet" else 0.05
+    heldout = 64 if name == "smoke" else 1000
+    return {kind: experiment.train_prior(workdir, f"{v['dataset']}_{kind}", dataset=v["dataset"],
+                                         image_size=v["image_size"], steps=v["prior_steps"], fraction=fraction,
+                                         heldout_count=heldout, recipe=recipe)
+            for kind, recipe in (("reference", "bce_adadelta"), ("mse", "mse_adam"))}
+
+
+def run(name: str, workdir: str) -> dict:
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    v = VARIANTS[name]
+    paths = priors(name, v, workdir)
+    notes = []
+    for kind, path in paths.items():
+        meta = experiment.prior_metadata(path)
+        notes.append(f"AE '{kind}' ({path}): recipe {meta.get('recipe')}, {meta.get('epochs')} epochs on "
+                     f"{meta['aux_count']} {meta['dataset']} train images, held-out MSE "
+                     f"{meta.get('heldout_mse', float('nan')):.4f}, c = {meta['as_offset']}")
+    studies = []
+    for part in v["parts"]:
+        fields = {"data.name": v["dataset"], "data.split": "train", "data.image_size": v["image_size"],
+                  "targets.starts": list(range(part["targets"])), "targets.batch_size": part["batch_size"],
+                  "victim.name": part["victim"], "victim.init": "torch", "attack.iterations": v["iterations"],
+                  "attack.restart_selection": "matching", "grid.tv_weight": [part["tv"]],
+                  "grid.as_weight": part["as_weights"], "prior.checkpoint": paths[part["prior"]],
+                  "metrics.lpips_net": v["lpips"], **v["engine"], **part.get("engine", {})}
+        experiment.run_study(workdir, part["name"], fields)
+        studies.append({"dir": f"studies/{part['name']}", "x": part["name"]})
+    manifest = {
+        "title": f"Does the AS prior help? GI-PIP vs IG at the authors' protocol ({name})",
+        "description": f"{v['dataset']} train targets (AE auxiliary images skipped), untrained victims with "
+                       f"PyTorch's init, {v['iterations']} iterations, c from the AE; per part, every λ_AS arm "
+                       "against the λ_AS = 0 arm (IG) on the same targets.",
+        "command": f"python experiments/as_claim.py {name} {workdir}",
+        "x_label": "part", "baseline": "IG", "studies": studies, "notes": notes,
+    }
+    return experiment.finish(workdir, manifest)
+
+
+if __name__ == "__main__":
+    sys.exit(experiment.main(run, __doc__, "as_claim", sys.argv[1:]))
