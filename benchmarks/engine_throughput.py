@@ -72,7 +72,7 @@ def setup(model: str, count: int, side: int = 32, batch: int = 1) -> Workload:
         x01 = np.asarray(jax.image.resize(x01, (len(x01), *info.image_shape), "bilinear")).clip(0, 1)
     x01 = x01.reshape(count, batch, *info.image_shape).astype(np.float32)
     labels = labels.reshape(count, batch).astype(np.int32)
-    victim = make_victim(model, info.num_classes, info.image_shape)
+    victim = make_victim(model, info.num_classes, info.image_shape, conv="native")
     variables = victim.init(jax.random.key(0))
     module, ae_params, meta = checkpoints.load_autoencoder(resolve_path(AE))
     weights = ObjectiveWeights(**reference_weights(batch, side), anomaly_offset=meta["as_offset"])

@@ -209,7 +209,7 @@ def load_victim(path, *, hint: str = VICTIM_HINT) -> tuple[Victim, dict, dict]:
     if not isinstance(spec, dict) or not {"name", "num_classes", "image_shape"} <= spec.keys():
         raise CorruptCheckpointError(f"{path} is not a victim checkpoint (its metadata has no complete {VICTIM_KEY!r} entry)")
     try:
-        victim = make_victim(spec["name"], spec["num_classes"], spec["image_shape"])
+        victim = make_victim(spec["name"], spec["num_classes"], spec["image_shape"], conv="native")
     except ValueError as error:
         raise CorruptCheckpointError(f"{path} describes a victim that cannot be built: {error}") from error
     expected = jax.eval_shape(victim.init, jax.random.key(0))

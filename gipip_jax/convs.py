@@ -82,10 +82,24 @@ def patch_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_di
 
 
 CONV_IMPLS: dict[str, Callable] = {"native": lax.conv_general_dilated, "patch_grad": patch_grad_conv}
+CONV_CHOICES = ("auto", *CONV_IMPLS)
 
 
-def conv_impl(name: str) -> Callable:
-    """The convolution function called `name` (one of CONV_IMPLS)."""
+def resolve_conv(name: str = "auto", backend: str | None = None) -> str:
+    """The implementation name (a key of CONV_IMPLS) that `name` (one of CONV_CHOICES) stands for.
+
+    "auto" picks "patch_grad" on the CPU, where XLA's native conv weight gradient is slow and the patch
+    matmul makes one attack step 2.2-3x faster (BENCHMARKS.md), and "native" on other backends (where
+    the patch form is not measured to win). `backend` defaults to `jax.default_backend()`. Both compute
+    the same function and gradients: only the speed of the double backward changes.
+    """
+    if name == "auto":
+        return "patch_grad" if (backend or jax.default_backend()) == "cpu" else "native"
     if name not in CONV_IMPLS:
-        raise ValueError(f"unknown convolution implementation {name!r}; choose one of {', '.join(CONV_IMPLS)}")
-    return CONV_IMPLS[name]
+        raise ValueError(f"unknown convolution implementation {name!r}; choose one of {', '.join(CONV_CHOICES)}")
+    return name
+
+
+def conv_impl(name: str, backend: str | None = None) -> Callable:
+    """The convolution function called `name` (one of CONV_CHOICES; "auto" as in `resolve_conv`)."""
+    return CONV_IMPLS[resolve_conv(name, backend)]

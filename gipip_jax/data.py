@@ -189,15 +189,23 @@ def unique_label_batches(labels: np.ndarray, numbers, batch_size: int, *, exclud
     return [batches[n] for n in numbers]
 
 
+def check_auxiliary_request(fraction: float | None, count: int | None) -> None:
+    """ValueError unless exactly one of `fraction` (in (0, 1]) and `count` (>= 0) is given: cheap, so
+    commands call it before decoding any data."""
+    if (fraction is None) == (count is None):
+        raise ValueError(f"give exactly one of aux.fraction and aux.count, got fraction={fraction}, count={count}")
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        raise ValueError(f"aux.fraction must be in (0, 1], got {fraction}")
+    if count is not None and count < 0:
+        raise ValueError(f"aux.count must be >= 0, got {count}")
+
+
 def auxiliary_indices(num_examples: int, *, exclude=(), fraction: float | None = None,
                       count: int | None = None, seed: int = 0) -> np.ndarray:
     """Sorted seeded random subset of range(num_examples) minus ``exclude``: ``count`` indices, or
     ``round(fraction * num_examples)``; exactly one of the two."""
-    if (fraction is None) == (count is None):
-        raise ValueError(f"give exactly one of fraction and count, got fraction={fraction}, count={count}")
+    check_auxiliary_request(fraction, count)
     if fraction is not None:
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         count = round(fraction * num_examples)
     exclude = np.asarray(exclude, np.int64).reshape(-1)
     if exclude.size and (exclude.min() < 0 or exclude.max() >= num_examples):

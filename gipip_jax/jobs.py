@@ -66,7 +66,7 @@ def train_victim(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_set = load_dataset(config.data, "train")
     test_set = load_dataset(config.data, config.data.test_split)
     info = train_set.info
-    victim = make_victim(config.victim.name, info.num_classes, info.image_shape)
+    victim = make_victim(config.victim.name, info.num_classes, info.image_shape, conv="native")
     count = config.get("train_count") or len(train_set.labels)
     x, y = train_set.take(np.arange(count))
     x_test, y_test = test_set.take(np.arange(min(config.eval_count, len(test_set.labels))))
@@ -85,6 +85,8 @@ def train_victim(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def train_ae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains GI-PIP's AE prior on an auxiliary subset; saves WORKDIR/ae. Returns its metadata."""
+    data.check_auxiliary_request(config.aux.get("fraction"), config.aux.get("count"))
+    training.check_recipe(config.recipe)
     pool = load_dataset(config.data, config.data.split)
     n = len(pool.labels)
     aux = data.auxiliary_indices(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
@@ -113,6 +115,7 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str) -> dict:
     WORKDIR/gan (orbax checkpoint + metadata.json) and WORKDIR/gan_samples.png. Returns its metadata."""
     from gipip_jax import gan
 
+    data.check_auxiliary_request(config.aux.get("fraction"), config.aux.get("count"))
     pool = load_dataset(config.data, config.data.split)
     n = len(pool.labels)
     aux = data.auxiliary_indices(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
@@ -146,7 +149,7 @@ def _victim_and_variables(config: ml_collections.ConfigDict, info: data.DatasetI
                              f"classes; {info.name} has {info.image_shape} and {info.num_classes}")
         return victim, variables, {"checkpoint": config.victim.checkpoint, "epochs": meta.get("epochs")}
     init = config.victim.get("init", "flax")
-    victim = make_victim(config.victim.name, info.num_classes, info.image_shape, init=init)
+    victim = make_victim(config.victim.name, info.num_classes, info.image_shape, init=init, conv="native")  # the client's model; attacks build their own copy
     return victim, victim.init(jax.random.key(config.victim.init_seed)), {"epochs": 0, "init_seed": config.victim.init_seed,
                                                                           "init": init}
 
@@ -164,16 +167,15 @@ def _prior(config: ml_collections.ConfigDict):
 def attack_conv(name: str = "auto", backend: str | None = None) -> str:
     """The convolution implementation of the attacked victim's copy (config.attack.conv).
 
-    "auto" picks "patch_grad" on CPU, where XLA's native conv weight gradient is slow and the patch
-    matmul makes one attack step 2.2-3x faster (BENCHMARKS.md), and "native" on other backends
-    (where the patch form is not measured to win). Both compute the same function and gradients:
-    only the speed of the double backward changes (tests/test_attack_conv.py).
+    "auto" is resolved by `gipip_jax.convs.resolve_conv` (the library's default too): "patch_grad"
+    on CPU, "native" elsewhere. Both compute the same function and gradients: only the speed of the
+    double backward changes (tests/test_attack_conv.py).
     """
-    if name == "auto":
-        return "patch_grad" if (backend or jax.default_backend()) == "cpu" else "native"
-    if name not in ("native", "patch_grad"):
-        raise ValueError(f"unknown attack.conv {name!r}; choose auto, native or patch_grad")
-    return name
+    from gipip_jax import convs
+
+    if name not in convs.CONV_CHOICES:
+        raise ValueError(f"unknown attack.conv {name!r}; choose one of {', '.join(convs.CONV_CHOICES)}")
+    return convs.resolve_conv(name, backend)
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> str:
@@ -260,7 +262,6 @@ def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         scores = metrics.evaluate(inversion.images01, x01, lpips_net=config.metrics.lpips_net)
         record.update(status="ok", seconds=time.perf_counter() - start, loss=inversion.loss, terms=inversion.terms,
                       restart_losses=inversion.restart_losses, per_image=scores,
-                      restart_selection=a.get("restart_selection", "matching"),
                       **{m: float(np.mean(scores[m])) for m in ("psnr", "ssim", "ssim_padded", "ssim_best_match", "mse", "lpips")
                          if m in scores})
         results.append_record(results_path, record)

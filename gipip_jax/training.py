@@ -239,6 +239,12 @@ AE_RECIPES: dict[str, tuple[Callable, Callable[[float], optax.GradientTransforma
 }
 
 
+def check_recipe(recipe: str) -> None:
+    """ValueError for a recipe not in AE_RECIPES."""
+    if recipe not in AE_RECIPES:
+        raise ValueError(f"unknown autoencoder recipe {recipe!r}; choose one of {', '.join(AE_RECIPES)}")
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _per_image_mse(autoencoder: Autoencoder, params, x01: jax.Array) -> jax.Array:
     return jnp.mean((autoencoder.apply({"params": params}, x01) - x01) ** 2, axis=(1, 2, 3))
@@ -273,8 +279,7 @@ def train_autoencoder(
     and, with non-empty ``heldout01``, ``heldout_mse`` (mean over held-out images of the
     per-image MSE on [0, 1]) with its ``heldout_mse_std`` and ``heldout_mse_median``.
     """
-    if recipe not in AE_RECIPES:
-        raise ValueError(f"unknown autoencoder recipe {recipe!r}; choose one of {', '.join(AE_RECIPES)}")
+    check_recipe(recipe)
     loss_of, optimizer, default_learning_rate = AE_RECIPES[recipe]
     learning_rate = default_learning_rate if learning_rate is None else learning_rate
     start = time.perf_counter()

@@ -108,7 +108,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
         train_set = jobs.load_dataset(config.data, "train")
         test_set = jobs.load_dataset(config.data, config.data.test_split)
         info = train_set.info
-        victim = make_victim(config.victim.name, info.num_classes, info.image_shape)
+        victim = make_victim(config.victim.name, info.num_classes, info.image_shape, conv="native")
         x, y = train_set.take(np.arange(config.train_count))
         x_test, y_test = test_set.take(np.arange(config.eval_count))
     for number, setting in enumerate(todo, 1):

@@ -34,14 +34,57 @@ Initialization (``make_victim(..., init=...)``, config ``victim.init``) for Conv
 
 LeNet always uses DLG's U(-0.5, 0.5).
 
-Every model takes a ``conv`` field (default ``lax.conv_general_dilated``): the batched attack
-engine builds the same victim with :func:`gipip_jax.convs.patch_grad_conv`, which changes how
-weight gradients are computed, not the parameters or the function.
+Every model takes a ``conv`` field (default ``lax.conv_general_dilated``): ``make_victim(...,
+conv=...)`` sets it (:data:`gipip_jax.convs.CONV_CHOICES`). The default ``"auto"`` picks
+:func:`gipip_jax.convs.patch_grad_conv` on the CPU (2.2-3x faster attack steps) and XLA's native
+convolution elsewhere (:func:`gipip_jax.convs.resolve_conv`); the choice changes how weight
+gradients are computed, not the parameters or the function.
+
+User victims (the public protocol)
+----------------------------------
+
+Anywhere a built-in name is accepted (``make_victim``, config ``victim.name``, victim checkpoints),
+a victim may also be named by
+
+* a name given to :func:`register` (``register("mynet", lambda num_classes: MyNet(num_classes))``;
+  the builder returns a Flax Linen module; built-in names cannot be re-registered), or
+* ``"path/to/file.py:Class"`` (a file path, absolute or relative to the current directory) or
+  ``"package.module:Class"`` (an importable module): the class is imported and built as
+  ``Class(num_classes=K)``.
+
+The contract for such a module:
+
+* a Flax Linen module whose ``__call__(x, train=...)`` takes NORMALIZED images ``x`` of shape
+  (B, H, W, C) (NHWC) and a ``train`` keyword, and returns logits (B, K); BatchNorm-style state goes
+  in the ``batch_stats`` collection (updated only when ``train=True``);
+* optional ``conv`` field: a callable with ``lax.conv_general_dilated``'s signature, passed to its
+  ``nn.Conv(..., conv_general_dilated=self.conv)`` layers; ``make_victim`` sets it to the chosen
+  implementation (the fast CPU patch convolution by default on the CPU). Without a ``conv`` field
+  the ``conv`` choice is ignored and the module's own (native) convolutions run;
+* optional ``init_scheme`` field: receives ``make_victim(..., init=...)``; otherwise ``init`` is
+  ignored (the module's own initializers are used);
+* the classification layer: label recovery (``gipip_jax.labels``: iDLG, Yin, LLG, bias_count) reads
+  the gradient of the ONE ``nn.Dense`` whose kernel is (F, K) (K = num_classes; its place in the
+  params tree does not matter); ``bias_count`` and feature recovery/matching
+  (``gipip_jax.features``) also need its bias; feature matching and Soteria
+  (``gipip_jax.defenses.soteria_mask``) take the input of the LAST ``nn.Dense`` called in the
+  forward pass, which must be that same layer. Without it these raise a ValueError saying so
+  (other ``nn.Dense`` layers with K outputs make label recovery ambiguous and raise too); every
+  gradient-matching attack itself works with any module.
+
+Names and paths are stored as given in checkpoints (loading re-imports by the same name, so a
+relative path must resolve from the loading process's current directory, and a registered name must
+be registered there first). A bad name raises one ValueError.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -186,7 +229,91 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "resnet18": lambda classes: ResNet(classes),
     "resnet_tiny": lambda classes: ResNet(classes, widths=(4, 8, 16, 32), blocks_per_stage=(1, 1, 1, 1)),
 }
-VICTIMS: tuple[str, ...] = tuple(_BUILDERS)
+VICTIMS: tuple[str, ...] = tuple(_BUILDERS)  # the built-in names
+_REGISTERED: dict[str, Callable[[int], nn.Module]] = {}
+_IMPORTED: dict[tuple[str, str], type] = {}  # (resolved file or module, class name) -> class, imported once
+
+
+def register(name: str, builder: Callable[[int], nn.Module]) -> None:
+    """Make ``name`` a victim name everywhere a built-in is accepted: ``builder(num_classes)`` returns
+    the Flax Linen module (contract in the module docstring). Registering a built-in name, or a name
+    with ``:`` (reserved for ``file.py:Class``), raises ValueError; re-registering a user name
+    replaces it."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"victim names must be non-empty strings without ':', got {name!r}")
+    if name in _BUILDERS:
+        raise ValueError(f"{name!r} is a built-in victim and cannot be re-registered")
+    if not callable(builder):
+        raise ValueError(f"the builder of victim {name!r} must be callable (num_classes -> Flax module)")
+    _REGISTERED[name] = builder
+
+
+def registered() -> tuple[str, ...]:
+    """Every victim name: the built-ins (:data:`VICTIMS`) and those given to :func:`register`."""
+    return (*VICTIMS, *_REGISTERED)
+
+
+def _import_class(name: str) -> type:
+    """The class named by ``path/to/file.py:Class`` or ``package.module:Class``."""
+    where, _, attribute = name.rpartition(":")
+    if not where or not attribute:
+        raise ValueError(f"victim {name!r}: expected 'path/to/file.py:Class' or 'package.module:Class'")
+    if where.endswith(".py"):
+        path = os.path.abspath(where)
+        if not os.path.isfile(path):
+            raise ValueError(f"victim {name!r}: no file {path}")
+        key = (path, attribute)
+        if key not in _IMPORTED:
+            module_name = "gipip_jax_user_victim_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+            module = sys.modules.get(module_name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module  # dataclasses (Flax modules) look their module up here
+                try:
+                    spec.loader.exec_module(module)
+                except Exception as error:
+                    del sys.modules[module_name]
+                    raise ValueError(f"victim {name!r}: importing {path} failed: {error!r}") from error
+    else:
+        key = (where, attribute)
+        if key not in _IMPORTED:
+            try:
+                module = importlib.import_module(where)
+            except ImportError as error:
+                raise ValueError(f"victim {name!r}: cannot import module {where!r}: {error}") from error
+    if key not in _IMPORTED:
+        cls = getattr(module, attribute, None)
+        if cls is None:
+            raise ValueError(f"victim {name!r}: {where} has no attribute {attribute!r}")
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ValueError(f"victim {name!r}: {attribute} is not a Flax Linen module class (nn.Module)")
+        _IMPORTED[key] = cls
+    return _IMPORTED[key]
+
+
+def _build_module(name: str, num_classes: int) -> nn.Module:
+    """The unconfigured module of victim ``name`` (built-in, registered, or ``where:Class``)."""
+    if name in _BUILDERS:
+        return _BUILDERS[name](num_classes)
+    if name in _REGISTERED:
+        module = _REGISTERED[name](num_classes)
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"the builder registered as victim {name!r} returned {type(module).__name__}, "
+                             f"not a Flax Linen module")
+        return module
+    if ":" not in name:
+        raise ValueError(f"unknown victim {name!r}; choose one of {', '.join(registered())}, a name given to "
+                         f"gipip_jax.victims.register, or 'path/to/file.py:Class' / 'package.module:Class'")
+    cls = _import_class(name)
+    try:
+        return cls(num_classes=num_classes)
+    except TypeError as error:
+        raise ValueError(f"victim {name!r}: {cls.__name__}(num_classes={num_classes}) failed: {error}") from error
+
+
+def _fields(module: nn.Module) -> set[str]:
+    return {field.name for field in dataclasses.fields(module)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,17 +354,19 @@ class Victim:
         return logits, updates["batch_stats"]
 
 
-def make_victim(name: str, num_classes: int, image_shape: Sequence[int], *, conv: str = "native",
+def make_victim(name: str, num_classes: int, image_shape: Sequence[int], *, conv: str = "auto",
                 init: str = "flax") -> Victim:
-    """Build victim ``name`` (one of :data:`VICTIMS`) for ``image_shape`` = (H, W, C).
+    """Build victim ``name`` for ``image_shape`` = (H, W, C): a built-in (:data:`VICTIMS`), a name given
+    to :func:`register`, or ``"path/to/file.py:Class"`` / ``"package.module:Class"`` (module docstring).
 
-    ``conv`` names the convolution implementation (:data:`gipip_jax.convs.CONV_IMPLS`); the
-    variables and the function are the same for every choice. ``init`` (:data:`INITS`) is how
+    ``conv`` names the convolution implementation (:data:`gipip_jax.convs.CONV_CHOICES`; ``"auto"``:
+    the patch convolution on the CPU, native elsewhere); the variables and the function are the same
+    for every choice (ignored by modules without a ``conv`` field). ``init`` (:data:`INITS`) is how
     ``Victim.init`` draws fresh variables: Flax's defaults or PyTorch's (see the module docstring;
-    LeNet ignores it).
+    LeNet and modules without an ``init_scheme`` field ignore it).
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown victim {name!r}; choose one of {', '.join(VICTIMS)}")
+    if not isinstance(name, str):
+        raise ValueError(f"a victim name must be a string, got {name!r}")
     if init not in INITS:
         raise ValueError(f"unknown victim init {init!r}; choose one of {', '.join(INITS)}")
     image_shape = tuple(int(d) for d in image_shape)
@@ -245,8 +374,12 @@ def make_victim(name: str, num_classes: int, image_shape: Sequence[int], *, conv
         raise ValueError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    module = _BUILDERS[name](int(num_classes)).clone(conv=conv_impl(conv))
-    if isinstance(module, (ConvNet, ResNet)):
+    conv_fn = conv_impl(conv)
+    module = _build_module(name, int(num_classes))
+    fields = _fields(module)
+    if "conv" in fields:
+        module = module.clone(conv=conv_fn)
+    if "init_scheme" in fields:
         module = module.clone(init_scheme=init)
     return Victim(name, module, image_shape, int(num_classes))
 

@@ -13,7 +13,7 @@ from gipip_jax.victims import make_victim
 
 @pytest.mark.parametrize("name, shape", [("resnet_tiny", (8, 8, 3)), ("lenet", (8, 8, 3))])
 def test_patch_grad_victim_matches_native_to_second_order(name, shape):
-    native = make_victim(name, 4, shape)
+    native = make_victim(name, 4, shape, conv="native")
     patched = make_victim(name, 4, shape, conv="patch_grad")
     variables = native.init(jax.random.key(0))
     assert jax.tree.structure(patched.init(jax.random.key(0))) == jax.tree.structure(variables)
