@@ -40,3 +40,17 @@ def test_smoke_variant_runs_end_to_end_and_reports(tmp_path, name, studies, plot
 def test_unknown_variant_is_refused():
     with pytest.raises(SystemExit, match="unknown variant 'huge'"):
         _driver("ood").run("huge", "unused")
+
+
+def test_as_claim_smoke_pairs_arms_and_plots_the_traces(tmp_path):
+    """issue 14's driver: reference and MSE AEs trained, train-split targets skip the AE's images,
+    every record carries a trace, the report has paired statistics and the trace plots."""
+    paths = _driver("as_claim").run("smoke", str(tmp_path))
+    records = read_records(os.path.join(tmp_path, "studies", "tiny_bs1", "results.jsonl"))
+    assert len(records) == 4 and all(r["status"] == "ok" and r["trace"]["steps"][-1] == 20 for r in records)
+    assert all(r["victim"]["init"] == "torch" and r["split"] == "train" for r in records)
+    prior = json.loads((tmp_path / "priors" / "cifar10_reference" / "ae" / "metadata.json").read_text())
+    assert prior["recipe"] == "bce_adadelta"
+    text = (tmp_path / "report.md").read_text()
+    assert "95 % CI" in text and "Wilcoxon" in text and "gap_vs_iterations.png" in text
+    assert len(paths["traces"]) == 2
