@@ -130,7 +130,12 @@ def restore(path, *, hint: str | None = None) -> tuple[Any, dict]:
         if not isinstance(metadata, dict):
             raise ValueError(f"{METADATA_FILE} holds a {type(metadata).__name__}, not an object")
         with ocp.StandardCheckpointer() as checkpointer:
-            tree = checkpointer.restore(path / TREE_DIR)
+            # Onto this process's first device: the saved sharding names the saving process's device
+            # (cpu:0), which other processes of a distributed run do not have.
+            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                                  checkpointer.metadata(path / TREE_DIR).item_metadata.tree)
+            tree = checkpointer.restore(path / TREE_DIR, target)
     except Exception as error:  # orbax and json raise many types; all mean "cannot use this"
         raise CorruptCheckpointError(
             f"checkpoint at {path} is corrupt or unreadable ({_cause(error)}); delete it and create it again{advice}"

@@ -415,8 +415,8 @@ def _bytes_per_device(compiled) -> int:
 
 
 def _free_bytes_per_device(mesh: Mesh) -> float:
-    """Free memory of the first device of the mesh; host memory shared by CPU devices."""
-    device = mesh.devices.flat[0]
+    """Free memory of this process's first device of the mesh; host memory shared by CPU devices."""
+    device = next((d for d in mesh.devices.flat if d.process_index == jax.process_index()), mesh.devices.flat[0])
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return float(stats["bytes_limit"] - stats.get("bytes_in_use", 0))

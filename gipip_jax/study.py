@@ -21,7 +21,8 @@ Work directory:
   W/results.jsonl          one record per attack, appended when its wave finishes
   W/state/wave_NNNNN/      orbax checkpoint of the running wave, every engine.checkpoint_every steps
   W/reconstructions/wave_NNNNN.npz   attack ids and their [0, 1] reconstructions
-  W/grid.png               ground truth, then one row per setting (best restart of each target)
+  W/grid.png               ground truth, then one labelled row per setting (the kept restart of each of
+                           the first targets, up to GRID_COLUMNS images)
 
 Killing the process and running the same command again resumes: finished attacks (in
 results.jsonl, same config fingerprint) are skipped, a wave with a checkpoint continues from it.
@@ -42,7 +43,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gipip_jax import checkpoints, data, defenses, engine, metrics, parameterizations, results, threat_models
+from gipip_jax import (checkpoints, data, defenses, engine, metrics, parameterizations, report_plots, results,
+                       summarize, threat_models)
 from gipip_jax import dip as dip_lib
 from gipip_jax import gan as gan_lib
 from gipip_jax import labels as label_lib
@@ -58,6 +60,7 @@ GRID_FIELDS = WEIGHT_FIELDS + tuple(defenses.DEFENSE_DEFAULTS)
 RESTART_SELECTIONS = ("matching", "objective")
 TRACE_POINTS = 20   # diagnostics per attack (record["trace"]), at chunk boundaries
 TRACE_FILE = "trace.json"
+GRID_COLUMNS = 16   # images per row of W/grid.png (the first target batches)
 GRID_DEFAULTS = {"tv_weight": 0.0, "as_weight": 0.0, "as_offset": None, "bn_weight": 0.0, "feature_weight": 0.0,
                  **defenses.DEFENSE_DEFAULTS}
 
@@ -150,7 +153,7 @@ class Study:
         parameterization, optimizer, self.gan_meta = parameterization_and_optimizer(config, info)
         self.engine = engine.Engine(build, optimizer, info.bounds(), info.denormalize, shape=shape,
                                     chunk_size=e.chunk_size, max_tries=a.max_tries, parameterization=parameterization)
-        self._client_updates()
+        self.target_grads = self.attack_labels = None   # the shared updates, made when an attack first needs them
 
     def _client_updates(self):
         """The shared update of every (target batch, defense setting): all the attacker gets besides
@@ -178,6 +181,8 @@ class Study:
 
     def inputs(self, ids) -> engine.AttackInputs:
         """Host inputs of the attacks `ids` (a wave, padding included)."""
+        if self.target_grads is None:
+            self._client_updates()
         chosen = [self.attacks[i] for i in ids]
         updates = np.array([a["update"] for a in chosen])
         weights = engine.per_attack_weights(
@@ -285,9 +290,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Runs (or resumes) the study; returns the records this run wrote."""
     e = config.engine
     if e.get("distributed"):
-        # Cluster auto-detection (SLURM, Open MPI, TPU pods, ...) unless the three are given.
-        jax.distributed.initialize(e.get("coordinator") or None, e.get("num_processes") or None,
-                                   None if e.get("process_id", -1) < 0 else e.process_id)
+        # CPU collectives, timeouts, one-line errors; cluster auto-detection (SLURM, Open MPI, TPU
+        # pods, ...) unless coordinator/num_processes/process_id are given. See distributed.py.
+        from gipip_jax import distributed
+        distributed.initialize(e)
+        print(distributed.describe(), flush=True)
     os.makedirs(workdir, exist_ok=True)
     study = Study(config, workdir)
     writer = jax.process_index() == 0
@@ -308,9 +315,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             padded = ids + [ids[-1]] * (size - len(ids))   # padding slots repeat the last attack; never recorded
             records += _run_wave(study, program, number, len(waves), ids, padded, done, results_path, writer)
             done.update(ids)
-    if writer:
-        _save_grid(study, workdir)
+    if jax.process_count() > 1:   # the others read results.jsonl once process 0 has written it
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("gipip_jax.study.run: results written")
     finished = [r for r in results.read_records(results_path) if r.get("fingerprint") == study.fingerprint]
+    if writer:
+        _save_grid(study, finished, workdir)
+    if finished:
+        print(summarize.table(finished))
     failed = sum(r.get("status") != "ok" for r in finished)
     print(f"{len({r['attack_id'] for r in finished})}/{total} attacks done, {failed} failed; results in {results_path}")
     return records
@@ -439,7 +451,6 @@ def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace
               "split": config.data.split, "model": study.victim.name, "victim": study.victim_meta,
               "target_indices": a["target_indices"], "labels": labels.tolist(), "batch_size": len(labels),
               "iterations": config.attack.iterations, "restart": a["restart"], "restarts": config.attack.restarts,
-              "restart_selection": study.selection,
               "setting": a["setting"], "setting_label": setting_label(a["setting"]), "threat": study.threat, "steps": int(result.steps[slot]),
               "tries": int(result.tries[slot]), "label_source": study.label_source,
               "recovered_labels": study.attack_labels[a["update"]].tolist(),
@@ -461,34 +472,33 @@ def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace
     return record
 
 
-def selection_score(record: dict) -> float:
-    """What ranks a target's restarts (lower is better): the matching term or the full objective,
-    by the record's restart_selection (records without one: the matching term)."""
-    if record.get("restart_selection", "matching") == "matching" and "matching" in record.get("terms", {}):
-        return record["terms"]["matching"]
-    return record["loss"]
-
-
-def _save_grid(study, workdir: str) -> None:
-    """Ground truth, then per setting the restart of every target kept by `selection_score` (order matched)."""
-    finished = {r["attack_id"]: r for r in results.read_records(os.path.join(workdir, "results.jsonl"))
-                if r.get("fingerprint") == study.fingerprint and r.get("status") == "ok"}
+def _save_grid(study, finished: list[dict], workdir: str) -> None:
+    """W/grid.png: ground truth, then one labelled row per arm with the restart of each target that
+    summarize.best_restarts keeps (order matched); at most GRID_COLUMNS images per row."""
     folder = os.path.join(workdir, "reconstructions")
     images = {}
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         with np.load(os.path.join(folder, name)) as saved:
             images.update(zip(saved["ids"].tolist(), saved["images01"]))
-    best = {}
-    for attack_id, r in finished.items():
-        key = (json.dumps(r["setting"], sort_keys=True), r["target_indices"][0])
-        if attack_id in images and (key not in best or selection_score(r) < selection_score(finished[best[key]])):
-            best[key] = attack_id
-    settings = sorted({k[0] for k in best})
+    kept = [r for r in summarize.best_restarts(finished) if r.get("status") == "ok" and r["attack_id"] in images]
     targets = sorted({tuple(a["target_indices"]) for a in study.attacks})
-    if not settings or any((s, t[0]) not in best for s in settings for t in targets):
-        return
-    truth = np.concatenate([study.target_set.take(np.asarray(t))[0] for t in targets])
-    rows = [truth]
-    for s in settings:
-        rows.append(np.concatenate([images[best[(s, t[0])]][finished[best[(s, t[0])]]["per_image"]["order"]] for t in targets]))
-    results.save_grid(os.path.join(workdir, "grid.png"), rows)
+    shown = []
+    for t in targets:
+        if sum(len(u) for u in shown) + len(t) > GRID_COLUMNS:
+            break
+        shown.append(t)
+    arms = {}
+    for r in kept:
+        arms.setdefault(json.dumps(r["setting"], sort_keys=True), {})[tuple(r["target_indices"])] = r
+    rows = [("ground truth", np.concatenate([study.target_set.take(np.asarray(t))[0] for t in shown]))]
+    for key in sorted(arms):
+        by_target = arms[key]
+        if all(t in by_target for t in shown):
+            setting = json.loads(key)
+            label = f"{attack_name(study.config, setting).split(':')[-1]} λ_AS={setting['as_weight']:g}"
+            extra = setting_label(setting)
+            rows.append((label + (f", {extra}" if extra else ""),
+                         np.concatenate([images[by_target[t]["attack_id"]][by_target[t]["per_image"]["order"]]
+                                         for t in shown])))
+    if len(rows) > 1:
+        report_plots.save_labelled_grid(os.path.join(workdir, "grid.png"), rows)

@@ -28,4 +28,6 @@ def test_attack_job_gives_the_same_reconstruction_with_either_conv(fixtures_dir,
         (record,) = jobs.attack(config, str(tmp_path / conv))
         found[conv] = (record["loss"], np.load(tmp_path / conv / "reconstructions.npz")["reconstruction"])
     np.testing.assert_allclose(found["patch_grad"][0], found["native"][0], rtol=1e-4)
-    np.testing.assert_allclose(found["patch_grad"][1], found["native"][1], atol=1e-4)
+    # Adam divides by sqrt(v): a float32 difference in a near-zero pixel gradient can move that pixel
+    # by ~lr·1e-3 (measured 2.2e-4 in 1 of 6,144 values with the torch-initialized ResNet)
+    np.testing.assert_allclose(found["patch_grad"][1], found["native"][1], atol=1e-3)

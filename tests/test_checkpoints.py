@@ -15,7 +15,7 @@ from gipip_jax.checkpoints import CheckpointError
 def victim_and_variables():
     from gipip_jax.victims import make_victim
 
-    victim = make_victim("resnet_tiny", 7, (32, 32, 3))
+    victim = make_victim("resnet_tiny", 7, (32, 32, 3), conv="native")  # as load_victim builds it
     return victim, victim.init(jax.random.key(0))
 
 

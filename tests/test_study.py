@@ -52,6 +52,22 @@ def test_study_writes_one_record_per_attack_and_a_grid(uninterrupted):
     assert all(r["status"] == "ok" and r["steps"] == 30 and 0 < r["psnr"] < 100 for r in rs)
     assert json.load(open(workdir / "plan.json"))["strategy"] == "unroll"
     assert os.path.getsize(workdir / "grid.png") > 0 and not any((workdir / "state").iterdir())
+    # each attack's share of its wave's time, and a trace at chunk boundaries ending at the last step
+    assert all(r["seconds"] == pytest.approx(r["wave_seconds"] / r["wave_size"]) for r in rs)
+    for r in rs:
+        t = r["trace"]
+        assert t["steps"][-1] == 30 and t["steps"] == sorted(t["steps"]) and len(t["psnr"]) == len(t["steps"])
+        assert set(t["terms"]) == set(t["grad_norms"]) >= {"matching", "tv"}
+        assert t["terms"]["matching"][-1] == pytest.approx(r["terms"]["matching"], rel=1e-5)
+        assert all(n > 0 for n in t["grad_norms"]["matching"])
+
+
+def test_finished_study_compiles_nothing_and_reports_its_arms(uninterrupted, capsys):
+    workdir, args = uninterrupted
+    assert cli.main(study(workdir, args)) == 0
+    out = capsys.readouterr().out
+    assert "choosing a plan" not in out and "wave" not in out
+    assert "4/4 attacks done, 0 failed" in out and "| study:ig |" in out
 
 
 def test_killed_study_resumes_to_the_same_numbers(uninterrupted, tmp_path):
@@ -71,6 +87,8 @@ def test_killed_study_resumes_to_the_same_numbers(uninterrupted, tmp_path):
     assert [r["attack_id"] for r in resumed] == [0, 1, 2, 3]
     for r, e in zip(resumed, expected):
         assert (r["loss"], r["psnr"], r["ssim"]) == (e["loss"], e["psnr"], e["ssim"])   # bit for bit on CPU
+        assert r["trace"]["steps"] == e["trace"]["steps"]   # the trace taken before the kill was kept
+        assert r["trace"]["psnr"] == pytest.approx(e["trace"]["psnr"], rel=1e-5)
 
 
 def test_unreadable_wave_checkpoint_restarts_that_wave(uninterrupted, tmp_path, capsys):
