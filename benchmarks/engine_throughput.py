@@ -30,7 +30,7 @@ import numpy as np
 
 from gipip_jax import attack, checkpoints, data, engine
 from gipip_jax.client import victim_gradient
-from gipip_jax.jobs import resolve_path
+from gipip_jax.assembly import resolve_path
 from gipip_jax.objectives import ObjectiveWeights, make_objective
 from gipip_jax.victims import make_victim
 

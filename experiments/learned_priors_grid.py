@@ -10,7 +10,6 @@ then one row per attack (targets in the order of their first indices, order-matc
 
 import argparse
 import collections
-import json
 import os
 import shutil
 

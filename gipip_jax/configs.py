@@ -26,7 +26,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads `path.py[:arg]` by calling its get_config(arg); a relative path that does not exist
     from the current directory is taken from the repository root."""
     path, _, arg = spec.partition(":")
-    from gipip_jax.jobs import resolve_path
+    from gipip_jax.assembly import resolve_path
 
     path = resolve_path(path)
     if not os.path.isfile(path):

@@ -16,7 +16,7 @@ import time
 
 import ml_collections
 
-from gipip_jax import checkpoints, configs, data, jobs, report, study
+from gipip_jax import assembly, checkpoints, configs, data, jobs, report, study
 
 AE_CONFIG = "experiments/configs/ae_cifar10.py"
 VICTIM_CONFIG = "experiments/configs/victim_cifar10.py"
@@ -46,7 +46,7 @@ def train_prior(workdir: str, name: str, *, dataset: str, image_size: int | None
     path = os.path.join(folder, "ae")
     if os.path.exists(path):
         return path
-    pool = jobs.load_dataset(ml_collections.ConfigDict({"name": dataset, "image_size": image_size}), "train")
+    pool = assembly.load_dataset(ml_collections.ConfigDict({"name": dataset, "image_size": image_size}), "train")
     n = len(pool.labels)
     aux = len(data.auxiliary_indices(n, fraction=fraction, count=count, seed=0))
     if aux > n - heldout_count:   # "100 %": everything but the held-out images
@@ -66,7 +66,7 @@ def train_gan(workdir: str, name: str, *, dataset: str, image_size: int | None, 
     path = os.path.join(folder, "gan")
     if os.path.exists(path):
         return path
-    pool = jobs.load_dataset(ml_collections.ConfigDict({"name": dataset, "image_size": image_size}), "train")
+    pool = assembly.load_dataset(ml_collections.ConfigDict({"name": dataset, "image_size": image_size}), "train")
     aux = len(data.auxiliary_indices(len(pool.labels), fraction=fraction, count=count, seed=0))
     batch = min(64, aux)
     config = configured(GAN_CONFIG, {"data.name": dataset, "data.image_size": image_size, "aux.fraction": fraction,

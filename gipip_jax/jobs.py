@@ -19,10 +19,8 @@ fingerprint of the config: rerunning the same command skips targets already in r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import pathlib
 import time
 
 import jax
@@ -31,40 +29,20 @@ import ml_collections
 import numpy as np
 
 from gipip_jax import attack as attack_lib
-from gipip_jax import checkpoints, data, dlg, metrics, results, training
+from gipip_jax import assembly, checkpoints, data, dlg, metrics, results, training
 from gipip_jax import labels as label_lib
 from gipip_jax.client import check_update_matches, fedsgd_update
 from gipip_jax.objectives import ObjectiveWeights, make_objective
 from gipip_jax.victims import make_victim
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 OPTIMIZERS = ("adam", "lbfgs")
 LABEL_SOURCES = ("given", "dlg", *label_lib.STRATEGIES)
-# GI-PIP's AS offsets c by image side (the authors' values): 32 px, 64 px, 224 px.
-REFERENCE_AS_OFFSETS = {32: 0.001, 64: 0.002, 224: 0.005}
-
-
-def resolve_path(path: str) -> str:
-    """A relative path is taken from the current directory, else from the repository root."""
-    if os.path.isabs(path) or os.path.exists(path) or not (REPO_ROOT / path).exists():
-        return path
-    return str(REPO_ROOT / path)
-
-
-def load_dataset(cfg: ml_collections.ConfigDict, split: str) -> data.ImageSet:
-    return data.load(cfg.name, split, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"),
-                     image_size=cfg.get("image_size"))
-
-
-def reference_as_offset(side: int) -> float:
-    """The authors' c for the nearest of their image sizes."""
-    return REFERENCE_AS_OFFSETS[min(REFERENCE_AS_OFFSETS, key=lambda s: abs(s - side))]
 
 
 def train_victim(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains a victim for config.epochs on real data; saves WORKDIR/victim. Returns its metadata."""
-    train_set = load_dataset(config.data, "train")
-    test_set = load_dataset(config.data, config.data.test_split)
+    train_set = assembly.load_dataset(config.data, "train")
+    test_set = assembly.load_dataset(config.data, config.data.test_split)
     info = train_set.info
     victim = make_victim(config.victim.name, info.num_classes, info.image_shape, conv="native")
     count = config.get("train_count") or len(train_set.labels)
@@ -87,7 +65,7 @@ def train_ae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains GI-PIP's AE prior on an auxiliary subset; saves WORKDIR/ae. Returns its metadata."""
     data.check_auxiliary_request(config.aux.get("fraction"), config.aux.get("count"))
     training.check_recipe(config.recipe)
-    pool = load_dataset(config.data, config.data.split)
+    pool = assembly.load_dataset(config.data, config.data.split)
     n = len(pool.labels)
     aux = data.auxiliary_indices(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
                                  seed=config.aux.seed)
@@ -103,7 +81,7 @@ def train_ae(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "aux_count": len(aux), "aux_fraction": len(aux) / n, "aux_seed": config.aux.seed,
                 "heldout_count": len(heldout), "recipe": config.recipe, "epochs": config.epochs,
                 "batch_size": config.batch_size, "seed": config.seed,
-                "as_offset": reference_as_offset(pool.info.image_shape[0]), **stats, "config": config.to_dict()}
+                "as_offset": assembly.reference_as_offset(pool.info.image_shape[0]), **stats, "config": config.to_dict()}
     path = os.path.join(workdir, "ae")
     checkpoints.save_autoencoder(path, params, metadata, overwrite=config.get("overwrite", False))
     print(f"saved {path}: {json.dumps(stats)}")
@@ -116,7 +94,7 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from gipip_jax import gan
 
     data.check_auxiliary_request(config.aux.get("fraction"), config.aux.get("count"))
-    pool = load_dataset(config.data, config.data.split)
+    pool = assembly.load_dataset(config.data, config.data.split)
     n = len(pool.labels)
     aux = data.auxiliary_indices(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
                                  seed=config.aux.seed)
@@ -141,54 +119,13 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return metadata
 
 
-def _victim_and_variables(config: ml_collections.ConfigDict, info: data.DatasetInfo):
-    if config.victim.get("checkpoint"):
-        victim, variables, meta = checkpoints.load_victim(resolve_path(config.victim.checkpoint))
-        if tuple(victim.image_shape) != tuple(info.image_shape) or victim.num_classes != info.num_classes:
-            raise ValueError(f"the victim checkpoint is for images {victim.image_shape} with {victim.num_classes} "
-                             f"classes; {info.name} has {info.image_shape} and {info.num_classes}")
-        return victim, variables, {"checkpoint": config.victim.checkpoint, "epochs": meta.get("epochs")}
-    init = config.victim.get("init", "flax")
-    victim = make_victim(config.victim.name, info.num_classes, info.image_shape, init=init, conv="native")  # the client's model; attacks build their own copy
-    return victim, victim.init(jax.random.key(config.victim.init_seed)), {"epochs": 0, "init_seed": config.victim.init_seed,
-                                                                          "init": init}
-
-
-def _prior(config: ml_collections.ConfigDict):
-    """(reconstruct fn or None, AS offset, metadata) of the configured AE prior."""
-    if config.attack.as_weight <= 0:
-        return None, 0.0, None
-    module, params, meta = checkpoints.load_autoencoder(resolve_path(config.prior.checkpoint))
-    offset = config.prior.get("offset")
-    offset = meta["as_offset"] if offset is None else offset
-    return (lambda x01: module.apply({"params": params}, x01)), float(offset), meta
-
-
-def attack_conv(name: str = "auto", backend: str | None = None) -> str:
-    """The convolution implementation of the attacked victim's copy (config.attack.conv).
-
-    "auto" is resolved by `gipip_jax.convs.resolve_conv` (the library's default too): "patch_grad"
-    on CPU, "native" elsewhere. Both compute the same function and gradients: only the speed of the
-    double backward changes (tests/test_attack_conv.py).
-    """
-    from gipip_jax import convs
-
-    if name not in convs.CONV_CHOICES:
-        raise ValueError(f"unknown attack.conv {name!r}; choose one of {', '.join(convs.CONV_CHOICES)}")
-    return convs.resolve_conv(name, backend)
-
-
-def config_fingerprint(config: ml_collections.ConfigDict) -> str:
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Attacks every configured target batch; appends a record per attack. Returns this run's records."""
     os.makedirs(workdir, exist_ok=True)
-    target_set = load_dataset(config.data, config.data.split)
+    target_set = assembly.load_dataset(config.data, config.data.split)
     info = target_set.info
-    victim, variables, victim_meta = _victim_and_variables(config, info)
-    reconstruct, offset, prior_meta = _prior(config)
+    victim, variables, victim_meta = assembly.victim_and_variables(config, info)
+    reconstruct, offset, prior_meta = assembly.prior(config)
     a = config.attack
     optimizer_name, label_source = a.get("optimizer", "adam"), a.get("labels", "given")
     if optimizer_name not in OPTIMIZERS:
@@ -201,7 +138,7 @@ def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         raise ValueError(f"attack.labels='idlg' reads the label of a single image; targets.batch_size is "
                          f"{config.targets.batch_size} (use yin, llg or bias_count)")
     # The attacker's copy of the victim: same variables, convolutions chosen for the double backward.
-    attacked = make_victim(victim.name, info.num_classes, info.image_shape, conv=attack_conv(a.get("conv", "auto")))
+    attacked = make_victim(victim.name, info.num_classes, info.image_shape, conv=assembly.attack_conv(a.get("conv", "auto")))
     objective = make_objective(
         attacked, variables, info, matching=a.matching, reconstruct=reconstruct,
         weights=ObjectiveWeights(tv=a.tv_weight, anomaly=a.as_weight, anomaly_offset=offset,
@@ -218,7 +155,7 @@ def attack(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     client_update = jax.jit(lambda x, y: fedsgd_update(victim, variables, x, y))
 
     results_path = os.path.join(workdir, "results.jsonl")
-    fingerprint = config_fingerprint(config)
+    fingerprint = assembly.config_fingerprint(config)
     done = {tuple(r["target_indices"]) for r in results.read_records(results_path) if r.get("fingerprint") == fingerprint}
     size = config.targets.batch_size
     if config.targets.get("unique_labels", True):

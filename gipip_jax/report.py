@@ -229,7 +229,7 @@ def _reconstructions(workdir: str, directory: str) -> dict[int, np.ndarray]:
 
 
 def _ground_truth(r: dict) -> np.ndarray:
-    from gipip_jax.jobs import load_dataset
+    from gipip_jax.assembly import load_dataset
 
     images = load_dataset(ml_collections.ConfigDict(r["config"]["data"]), r["split"])
     return images.take(np.asarray(r["target_indices"]))[0]

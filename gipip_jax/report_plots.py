@@ -83,6 +83,11 @@ def plot_metric(manifest: dict, groups: dict, metric: str, path: str) -> bool:
                       ha="right" if len(xs) > 4 else "center")
     ax.set_xlabel(manifest.get("x_label", "setting"))
     ax.set_ylabel(METRICS.get(metric, metric))
+    return _save_single(fig, ax, path)
+
+
+def _save_single(fig, ax, path: str) -> bool:
+    """Grid, legend and layout of a one-axes figure, saved to `path` and closed."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -142,12 +147,7 @@ def plot_gap(pairs: dict, baseline: str, path: str) -> bool:
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"ΔPSNR vs {baseline} (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return _save_single(fig, ax, path)
 
 
 def grad_norm_curves(groups: dict) -> dict:

@@ -43,14 +43,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gipip_jax import (checkpoints, data, defenses, engine, metrics, parameterizations, report_plots, results,
+from gipip_jax import (assembly, data, defenses, engine, metrics, report_plots, results,
                        summarize, threat_models)
-from gipip_jax import dip as dip_lib
-from gipip_jax import gan as gan_lib
 from gipip_jax import labels as label_lib
-from gipip_jax.attack import make_optimizer, step_decay_schedule
 from gipip_jax.client import check_update_matches
-from gipip_jax.jobs import _prior, _victim_and_variables, config_fingerprint, load_dataset, resolve_path
 from gipip_jax.objectives import ObjectiveWeights, make_objective
 from gipip_jax.victims import make_victim
 
@@ -120,12 +116,12 @@ class Study:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, log=print):
         self.config, self.workdir, self.log = config, workdir, log
-        self.fingerprint = config_fingerprint(config)
-        self.target_set = load_dataset(config.data, config.data.split)
+        self.fingerprint = assembly.config_fingerprint(config)
+        self.target_set = assembly.load_dataset(config.data, config.data.split)
         info = self.info = self.target_set.info
-        self.victim, self.variables, self.victim_meta = _victim_and_variables(config, info)
-        reconstruct, offset, self.prior_meta = _prior_for_grid(config)
-        self.excluded = prior_auxiliary_indices(config, len(self.target_set.labels))
+        self.victim, self.variables, self.victim_meta = assembly.victim_and_variables(config, info)
+        reconstruct, offset, self.prior_meta = assembly.prior_for_grid(config)
+        self.excluded = assembly.prior_auxiliary_indices(config, len(self.target_set.labels))
         if len(self.excluded):
             log(f"targets skip the {len(self.excluded)} auxiliary images the AE prior was trained on")
         self.attacks = expand(config, self.target_set.labels, offset if reconstruct else None, self.excluded)
@@ -150,7 +146,7 @@ class Study:
 
         a, e = config.attack, config.engine
         shape = (config.targets.batch_size, *info.image_shape)
-        parameterization, optimizer, self.gan_meta = parameterization_and_optimizer(config, info)
+        parameterization, optimizer, self.gan_meta = assembly.parameterization_and_optimizer(config, info)
         self.engine = engine.Engine(build, optimizer, info.bounds(), info.denormalize, shape=shape,
                                     chunk_size=e.chunk_size, max_tries=a.max_tries, parameterization=parameterization)
         self.target_grads = self.attack_labels = None   # the shared updates, made when an attack first needs them
@@ -214,69 +210,6 @@ class Study:
             _write_json(path, {**plan._asdict(), "fingerprint": self.fingerprint, "probe": table,
                                "backend": jax.default_backend()})
         return plan
-
-
-def parameterization_and_optimizer(config: ml_collections.ConfigDict, info: data.DatasetInfo):
-    """(parameterization or None for the pixels, optimizer, GAN checkpoint metadata or None) of
-    config.attack.parameterization: "pixels" (default; attack.learning_rate, attack.signed),
-    "gan" (config.gan: checkpoint, latent_iterations (None: half of attack.iterations), latent_lr,
-    generator_lr) or "dip" (config.dip: widths, learning_rate, noise_channels, noise_std). Every
-    phase uses the reference step schedule (x0.1 at 3/8, 5/8, 7/8 of its iterations)."""
-    a = config.attack
-    kind = a.get("parameterization", "pixels")
-    if kind not in parameterizations.PARAMETERIZATIONS:
-        raise ValueError(f"unknown attack.parameterization {kind!r}; choose one of {', '.join(parameterizations.PARAMETERIZATIONS)}")
-    if kind == "pixels":
-        return None, make_optimizer(a.learning_rate, a.iterations, signed=a.signed), None
-    if kind == "gan":
-        g = config.get("gan")
-        if g is None or not g.get("checkpoint"):
-            raise ValueError("attack.parameterization='gan' needs gan.checkpoint (made by `gipip-jax train-gan`)")
-        generator, variables, meta = gan_lib.load_gan(resolve_path(g.checkpoint))
-        if tuple(meta["gan"]["image_shape"]) != tuple(info.image_shape):
-            raise ValueError(f"the GAN checkpoint {g.checkpoint} makes images of shape {tuple(meta['gan']['image_shape'])}; "
-                             f"{info.name} has {tuple(info.image_shape)}: train one on this data (gipip-jax train-gan)")
-        latent = a.iterations // 2 if g.get("latent_iterations") is None else int(g.latent_iterations)
-        if not 0 <= latent <= a.iterations:
-            raise ValueError(f"gan.latent_iterations must be in [0, attack.iterations = {a.iterations}], got {latent}")
-        optimizer = parameterizations.make_gan_optimizer(g.latent_lr, g.generator_lr, latent, a.iterations - latent,
-                                                         schedule=step_decay_schedule)
-        p = parameterizations.gan(generator, variables, meta["gan"]["latent_dim"], info.normalize)
-        return p, optimizer, {"checkpoint": g.checkpoint, "latent_iterations": latent,
-                              **{k: meta.get(k) for k in ("dataset", "aux_count", "aux_fraction", "epochs")}}
-    d = config.get("dip")
-    if d is None:
-        raise ValueError("attack.parameterization='dip' needs a config.dip block (widths, learning_rate, ...)")
-    side = min(info.image_shape[:2])
-    if side % 2 ** len(d.widths):
-        raise ValueError(f"dip.widths has {len(d.widths)} levels, so images need H and W divisible by "
-                         f"{2 ** len(d.widths)}; {info.name} has {tuple(info.image_shape)}")
-    net = dip_lib.make_unet(d.widths, info.image_shape[-1])
-    p = parameterizations.dip(net, info.normalize, noise_channels=d.noise_channels, noise_std=d.noise_std)
-    return p, parameterizations.make_dip_optimizer(d.learning_rate, a.iterations, schedule=step_decay_schedule), None
-
-
-def _prior_for_grid(config):
-    """The AE prior when any grid setting uses it (as jobs._prior does for one λ_AS)."""
-    weights = list(config.grid.get("as_weight") or [0.0])
-    probe = ml_collections.ConfigDict({"attack": {"as_weight": max(weights)}, "prior": config.prior})
-    return _prior(probe)
-
-
-def prior_auxiliary_indices(config: ml_collections.ConfigDict, num_examples: int) -> np.ndarray:
-    """Indices of the split that the configured AE prior was trained on (empty when it was trained on
-    another dataset or split, or no prior is configured): targets must not be among them."""
-    path = config.get("prior", {}).get("checkpoint")
-    if not path:
-        return np.zeros(0, np.int64)
-    metadata_path = os.path.join(resolve_path(path), checkpoints.METADATA_FILE)
-    if not os.path.exists(metadata_path):
-        return np.zeros(0, np.int64)
-    with open(metadata_path) as f:
-        meta = json.load(f)
-    if meta.get("dataset") != config.data.name or meta.get("split") != config.data.split:
-        return np.zeros(0, np.int64)
-    return data.auxiliary_indices(num_examples, count=int(meta["aux_count"]), seed=int(meta["aux_seed"]))
 
 
 def _write_json(path: str, value: dict) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import ml_collections
 import numpy as np
 
-from gipip_jax import defenses, privacy, threat_models, training
+from gipip_jax import assembly, defenses, privacy, threat_models, training
 from gipip_jax.victims import Victim, make_victim
 
 CACHE_FILE = "utility.json"
@@ -95,8 +95,6 @@ def dp_epsilon(defense: Mapping, train_count: int, batch_size: int, epochs: int,
 def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict]:
     """Measures every setting of `config.settings` not yet in WORKDIR/utility.json; returns the
     records of all of them (cached or new), in config order."""
-    from gipip_jax import jobs  # data loading shared with the other jobs
-
     settings = [dict(s) for s in config.settings]
     for setting in settings:
         defenses.check_defense_config(setting)
@@ -105,8 +103,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
     cache = read_cache(cache_path)
     todo = [s for s in settings if setting_key(fields, s) not in cache]
     if todo:
-        train_set = jobs.load_dataset(config.data, "train")
-        test_set = jobs.load_dataset(config.data, config.data.test_split)
+        train_set = assembly.load_dataset(config.data, "train")
+        test_set = assembly.load_dataset(config.data, config.data.test_split)
         info = train_set.info
         victim = make_victim(config.victim.name, info.num_classes, info.image_shape, conv="native")
         x, y = train_set.take(np.arange(config.train_count))

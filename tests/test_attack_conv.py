@@ -3,23 +3,23 @@
 import numpy as np
 import pytest
 
-from gipip_jax import cli, jobs
+from gipip_jax import assembly, cli, jobs
 
 CONFIG = "experiments/configs/ig_cifar10.py"
 
 
 def test_auto_picks_patch_grad_on_cpu_only():
-    assert jobs.attack_conv("auto", "cpu") == "patch_grad"
-    assert jobs.attack_conv("auto", "gpu") == "native"
-    assert jobs.attack_conv("native", "cpu") == "native"
+    assert assembly.attack_conv("auto", "cpu") == "patch_grad"
+    assert assembly.attack_conv("auto", "gpu") == "native"
+    assert assembly.attack_conv("native", "cpu") == "native"
     with pytest.raises(ValueError, match="attack.conv"):
-        jobs.attack_conv("winograd")
+        assembly.attack_conv("winograd")
 
 
 def test_attack_job_gives_the_same_reconstruction_with_either_conv(fixtures_dir, tmp_path):
     found = {}
     for conv in ("native", "patch_grad"):
-        config = cli.load_config(jobs.resolve_path(CONFIG))
+        config = cli.load_config(assembly.resolve_path(CONFIG))
         for assignment in (f"data.name=folder:{fixtures_dir / 'tiny_folder'}", f"data.cache_dir={tmp_path / 'cache'}",
                            "data.split=test", "targets.starts=[0]", "targets.batch_size=2", "victim.name=resnet_tiny",
                            "attack.iterations=6", "attack.chunk_size=3", "metrics.lpips_net=None"):

@@ -1,0 +1,153 @@
+"""Assembly: a config -> the objects a command runs on, in one place.
+
+dataset (`load_dataset`), the client's victim and its variables (`victim_and_variables`), the AE
+prior (`prior`, `prior_for_grid`) and the images it was trained on (`prior_auxiliary_indices`), what
+an attack optimizes and how (`parameterization_and_optimizer`), the attacked copy's convolution
+(`attack_conv`), paths (`resolve_path`) and the config fingerprint that makes resuming safe. Every
+command (attack, study, utility, the training jobs, experiments, report) builds through these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+
+from gipip_jax import checkpoints, data, parameterizations
+from gipip_jax import dip as dip_lib
+from gipip_jax import gan as gan_lib
+from gipip_jax.attack import make_optimizer, step_decay_schedule
+from gipip_jax.victims import make_victim
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# GI-PIP's AS offsets c by image side (the authors' values): 32 px, 64 px, 224 px.
+REFERENCE_AS_OFFSETS = {32: 0.001, 64: 0.002, 224: 0.005}
+
+
+def resolve_path(path: str) -> str:
+    """A relative path is taken from the current directory, else from the repository root."""
+    if os.path.isabs(path) or os.path.exists(path) or not (REPO_ROOT / path).exists():
+        return path
+    return str(REPO_ROOT / path)
+
+
+def load_dataset(cfg: ml_collections.ConfigDict, split: str) -> data.ImageSet:
+    return data.load(cfg.name, split, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"),
+                     image_size=cfg.get("image_size"))
+
+
+def reference_as_offset(side: int) -> float:
+    """The authors' c for the nearest of their image sizes."""
+    return REFERENCE_AS_OFFSETS[min(REFERENCE_AS_OFFSETS, key=lambda s: abs(s - side))]
+
+
+def victim_and_variables(config: ml_collections.ConfigDict, info: data.DatasetInfo):
+    """(victim, variables, metadata): config.victim's checkpoint, else a fresh `victim.name` with
+    `victim.init` (flax | torch) from `victim.init_seed`; the client's own model (native convs)."""
+    if config.victim.get("checkpoint"):
+        victim, variables, meta = checkpoints.load_victim(resolve_path(config.victim.checkpoint))
+        if tuple(victim.image_shape) != tuple(info.image_shape) or victim.num_classes != info.num_classes:
+            raise ValueError(f"the victim checkpoint is for images {victim.image_shape} with {victim.num_classes} "
+                             f"classes; {info.name} has {info.image_shape} and {info.num_classes}")
+        return victim, variables, {"checkpoint": config.victim.checkpoint, "epochs": meta.get("epochs")}
+    init = config.victim.get("init", "flax")
+    victim = make_victim(config.victim.name, info.num_classes, info.image_shape, init=init, conv="native")
+    return victim, victim.init(jax.random.key(config.victim.init_seed)), {"epochs": 0, "init_seed": config.victim.init_seed,
+                                                                          "init": init}
+
+
+def prior(config: ml_collections.ConfigDict):
+    """(reconstruct fn or None, AS offset, metadata) of the configured AE prior."""
+    if config.attack.as_weight <= 0:
+        return None, 0.0, None
+    module, params, meta = checkpoints.load_autoencoder(resolve_path(config.prior.checkpoint))
+    offset = config.prior.get("offset")
+    offset = meta["as_offset"] if offset is None else offset
+    return (lambda x01: module.apply({"params": params}, x01)), float(offset), meta
+
+
+def attack_conv(name: str = "auto", backend: str | None = None) -> str:
+    """The convolution implementation of the attacked victim's copy (config.attack.conv).
+
+    "auto" is resolved by `gipip_jax.convs.resolve_conv` (the library's default too): "patch_grad"
+    on CPU, "native" elsewhere. Both compute the same function and gradients: only the speed of the
+    double backward changes (tests/test_attack_conv.py).
+    """
+    from gipip_jax import convs
+
+    if name not in convs.CONV_CHOICES:
+        raise ValueError(f"unknown attack.conv {name!r}; choose one of {', '.join(convs.CONV_CHOICES)}")
+    return convs.resolve_conv(name, backend)
+
+
+def config_fingerprint(config: ml_collections.ConfigDict) -> str:
+    """16 hex digits of the config's JSON: records and plans of another config are not reused."""
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def parameterization_and_optimizer(config: ml_collections.ConfigDict, info: data.DatasetInfo):
+    """(parameterization or None for the pixels, optimizer, GAN checkpoint metadata or None) of
+    config.attack.parameterization: "pixels" (default; attack.learning_rate, attack.signed),
+    "gan" (config.gan: checkpoint, latent_iterations (None: half of attack.iterations), latent_lr,
+    generator_lr) or "dip" (config.dip: widths, learning_rate, noise_channels, noise_std). Every
+    phase uses the reference step schedule (x0.1 at 3/8, 5/8, 7/8 of its iterations)."""
+    a = config.attack
+    kind = a.get("parameterization", "pixels")
+    if kind not in parameterizations.PARAMETERIZATIONS:
+        raise ValueError(f"unknown attack.parameterization {kind!r}; choose one of {', '.join(parameterizations.PARAMETERIZATIONS)}")
+    if kind == "pixels":
+        return None, make_optimizer(a.learning_rate, a.iterations, signed=a.signed), None
+    if kind == "gan":
+        g = config.get("gan")
+        if g is None or not g.get("checkpoint"):
+            raise ValueError("attack.parameterization='gan' needs gan.checkpoint (made by `gipip-jax train-gan`)")
+        generator, variables, meta = gan_lib.load_gan(resolve_path(g.checkpoint))
+        if tuple(meta["gan"]["image_shape"]) != tuple(info.image_shape):
+            raise ValueError(f"the GAN checkpoint {g.checkpoint} makes images of shape {tuple(meta['gan']['image_shape'])}; "
+                             f"{info.name} has {tuple(info.image_shape)}: train one on this data (gipip-jax train-gan)")
+        latent = a.iterations // 2 if g.get("latent_iterations") is None else int(g.latent_iterations)
+        if not 0 <= latent <= a.iterations:
+            raise ValueError(f"gan.latent_iterations must be in [0, attack.iterations = {a.iterations}], got {latent}")
+        optimizer = parameterizations.make_gan_optimizer(g.latent_lr, g.generator_lr, latent, a.iterations - latent,
+                                                         schedule=step_decay_schedule)
+        p = parameterizations.gan(generator, variables, meta["gan"]["latent_dim"], info.normalize)
+        return p, optimizer, {"checkpoint": g.checkpoint, "latent_iterations": latent,
+                              **{k: meta.get(k) for k in ("dataset", "aux_count", "aux_fraction", "epochs")}}
+    d = config.get("dip")
+    if d is None:
+        raise ValueError("attack.parameterization='dip' needs a config.dip block (widths, learning_rate, ...)")
+    side = min(info.image_shape[:2])
+    if side % 2 ** len(d.widths):
+        raise ValueError(f"dip.widths has {len(d.widths)} levels, so images need H and W divisible by "
+                         f"{2 ** len(d.widths)}; {info.name} has {tuple(info.image_shape)}")
+    net = dip_lib.make_unet(d.widths, info.image_shape[-1])
+    p = parameterizations.dip(net, info.normalize, noise_channels=d.noise_channels, noise_std=d.noise_std)
+    return p, parameterizations.make_dip_optimizer(d.learning_rate, a.iterations, schedule=step_decay_schedule), None
+
+
+def prior_for_grid(config):
+    """The AE prior when any grid setting uses it (as `prior` does for one λ_AS)."""
+    weights = list(config.grid.get("as_weight") or [0.0])
+    probe = ml_collections.ConfigDict({"attack": {"as_weight": max(weights)}, "prior": config.prior})
+    return prior(probe)
+
+
+def prior_auxiliary_indices(config: ml_collections.ConfigDict, num_examples: int) -> np.ndarray:
+    """Indices of the split that the configured AE prior was trained on (empty when it was trained on
+    another dataset or split, or no prior is configured): targets must not be among them."""
+    path = config.get("prior", {}).get("checkpoint")
+    if not path:
+        return np.zeros(0, np.int64)
+    metadata_path = os.path.join(resolve_path(path), checkpoints.METADATA_FILE)
+    if not os.path.exists(metadata_path):
+        return np.zeros(0, np.int64)
+    with open(metadata_path) as f:
+        meta = json.load(f)
+    if meta.get("dataset") != config.data.name or meta.get("split") != config.data.split:
+        return np.zeros(0, np.int64)
+    return data.auxiliary_indices(num_examples, count=int(meta["aux_count"]), seed=int(meta["aux_seed"]))
