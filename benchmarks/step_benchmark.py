@@ -2,6 +2,8 @@
 
     python benchmarks/step_benchmark.py --out benchmarks/results/step_cpu.json          # CPU table
     python benchmarks/step_benchmark.py --models convnet --sides 32 --batches 1 --attacks 1 8
+    (on a GPU: benchmarks/gpu_check.sh runs it with --check-precision highest --check-convs native --keep-going)
+    python benchmarks/step_benchmark.py --no-torch ...    # JAX rows only (no PyTorch reference, no check; no torch needed)
 
 For every (victim, image side, batch size): untrained victim (seed 0), real CIFAR-10 test targets
 (bilinearly resized for 64 px), the shipped AE prior, GI-PIP's weights for that batch size. Before
@@ -31,6 +33,7 @@ estimate and the process's peak RSS so far. Load averages before and after go in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -55,8 +58,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 try:
     import torch
     import torch_reference as reference
-except ImportError as error:  # pragma: no cover
-    raise SystemExit(f"step_benchmark needs PyTorch: pip install torch==2.13.0 (or -e '.[bench]') ({error})")
+except ImportError as error:  # pragma: no cover  (fatal in main() unless --no-torch)
+    torch = reference = None
+    TORCH_MISSING = f"step_benchmark needs PyTorch: pip install torch==2.13.0 (or -e '.[bench]') ({error})"
 
 ITERATIONS = 10_000  # only sets the schedule's milestones; timings are per step
 
@@ -103,14 +107,15 @@ def torch_attack(work: Workload, model: str, device: str):
                                      anomaly=w.anomaly, offset=w.anomaly_offset, ae=ae, iterations=ITERATIONS)
 
 
-def check_equal(work: Workload, ref, tolerance: float, kink_tolerance: float) -> dict:
-    """Objective value and pixel gradient, JAX (native and patch_grad) vs PyTorch, same x; asserts."""
+def check_equal(work: Workload, ref, tolerance: float, kink_tolerance: float,
+                convs: tuple[str, ...] = ("native", "patch_grad")) -> dict:
+    """Objective value and pixel gradient, JAX (each conv of `convs`) vs PyTorch, same x; asserts."""
     x = jax.random.normal(jax.random.key(7), work.x01.shape[1:], jnp.float32)
     grads, labels, weights = one_attack(work)
     t_value, t_grad = ref.value_and_grad(reference.nhwc_to_nchw(x))
     t_value, t_grad = float(t_value), t_grad.cpu().numpy().transpose(0, 2, 3, 1)
     found = {"torch_objective": t_value}
-    for conv in ("native", "patch_grad"):
+    for conv in convs:
         objective = work.build(conv)
         (value, _), grad = jax.jit(jax.value_and_grad(objective, has_aux=True))(x, grads, labels, weights)
         grad = np.asarray(grad)
@@ -126,6 +131,22 @@ def check_equal(work: Workload, ref, tolerance: float, kink_tolerance: float) ->
             raise AssertionError(f"JAX ({conv}) and PyTorch disagree: objective {float(value)} vs {t_value} "
                                  f"(rel {rel_value:.2e}), pixel gradient rel {rel_grad:.2e} (tolerances {tolerance}, {kink_tolerance})")
     return found
+
+
+@contextlib.contextmanager
+def full_precision(enabled: bool):
+    """With `enabled`: full fp32 matmuls/convs on both sides inside the block (JAX "highest", PyTorch
+    TF32 off), the previous settings restored after it (--check-precision highest)."""
+    if not enabled:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with jax.default_matmul_precision("highest"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def step_flops(work: Workload) -> float:
@@ -208,9 +229,10 @@ def markdown(results: dict) -> str:
     names = {"convnet": "ConvNet", "resnet18": "ResNet-18"}
     for r in results["rows"]:
         mib = "" if r["xla_peak_mib"] is None else f"{r['xla_peak_mib']:.0f}"
+        ratio, cpu_ratio = (("-" if v is None else f"{v:.2f}") for v in (r["vs_torch_sequential"], r["cpu_vs_torch_sequential"]))
         lines.append(f"| {names.get(r['model'], r['model'])} | {r['side']} | {r['batch']} | {MODE_NAMES.get(r['mode'], r['mode'])} "
                      f"| {r['attacks']} | {r['compile_s']:.1f} | {1000 * r['step_s']:.0f} | {r['attack_steps_per_s']:.2f} "
-                     f"| {r['vs_torch_sequential']:.2f} | {r['cpu_vs_torch_sequential']:.2f} | {r['achieved_gflops']:.1f} "
+                     f"| {ratio} | {cpu_ratio} | {r['achieved_gflops']:.1f} "
                      f"| {100 * r['fraction_of_peak']:.1f} | {mib} |")
     return "\n".join(lines)
 
@@ -231,7 +253,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4,
                         help="timed steps per measurement for a 32 px bs-1 workload; divided by the work units "
                              "(batch x (side/32)^2) for bigger ones, at least 1")
-    parser.add_argument("--torch-device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--torch-device", default=None, help="default: cuda when PyTorch sees a GPU, else cpu")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="JAX rows only: no PyTorch reference rows, no JAX-vs-PyTorch check, the ratios to "
+                             "PyTorch null (runs without torch installed; gpu_check.sh --toy uses it then)")
     parser.add_argument("--precision", default="default", choices=["default", "highest"],
                         help="highest: full fp32 matmuls/convs on both sides (JAX jax_default_matmul_precision, "
                              "PyTorch TF32 off); default: each library's default (on GPUs, TF32 may be used)")
@@ -242,6 +267,15 @@ def main() -> None:
     parser.add_argument("--kink-tolerance", type=float, default=1e-2,
                         help="pixel-gradient tolerance (float32 kinks; see check_equal)")
     parser.add_argument("--no-job", action="store_true", help="skip the job_native / job_patch_grad rows")
+    parser.add_argument("--check-convs", nargs="+", default=["native", "patch_grad"], choices=["native", "patch_grad"],
+                        help="the JAX convolutions checked against PyTorch before timing (each costs a compile)")
+    parser.add_argument("--check-precision", default="same", choices=["same", "highest"],
+                        help="highest: the equality check runs in full fp32 on both sides whatever --precision "
+                             "times (TF32 rounding would exceed --tolerance); same: at --precision")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="record a failing workload or engine row (e.g. out of device memory) under 'errors' "
+                             "and go on (larger N of that strategy are skipped); --out is rewritten after every "
+                             "workload, so a run killed midway keeps the finished ones")
     parser.add_argument("--out", default=None)
     parser.add_argument("--table", default=None, help="print the markdown table of this results JSON and exit")
     args = parser.parse_args()
@@ -249,67 +283,110 @@ def main() -> None:
         with open(args.table) as f:
             print(markdown(json.load(f)))
         return
+    if torch is None and not args.no_torch:
+        raise SystemExit(TORCH_MISSING)
+    use_torch = not args.no_torch
+    if args.torch_device is None:
+        args.torch_device = "cuda" if use_torch and torch.cuda.is_available() else "cpu"
     max_work = {k: float(v) for k, v in (item.split("=") for item in args.max_work)}
     if args.precision == "highest":
         jax.config.update("jax_default_matmul_precision", "highest")
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        if use_torch:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     device = args.torch_device
     strategies = args.strategies or (["vmap_patches"] if jax.default_backend() == "cpu" else ["vmap", "vmap_patches"])
     peak, peak_note = device_peak_flops()
     meta = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "load_before": load(),
             "backend": jax.default_backend(), "device": str(jax.devices()[0]), "machine": platform.machine(),
-            "cpu": platform.processor() or "", "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch_device": args.torch_device, "precision": args.precision,
+            "cpu": platform.processor() or "", "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads() if use_torch else None,
+            "torch_device": args.torch_device if use_torch else None, "precision": args.precision,
+            "pytorch_reference": "ok" if use_torch else "skipped (--no-torch)",
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "peak_flops": peak, "peak_assumption": peak_note,
-            **{p: importlib.metadata.version(p) for p in ("jax", "jaxlib", "flax", "optax", "torch", "numpy")}}
+            **{p: importlib.metadata.version(p) for p in ("jax", "jaxlib", "flax", "optax", "numpy")},
+            "torch": importlib.metadata.version("torch") if use_torch else None}
     print(json.dumps(meta), flush=True)
-    rows, checks, started = [], [], time.perf_counter()
+    rows, checks, errors, started = [], [], [], time.perf_counter()
+
+    def save(final: bool) -> None:
+        if final:
+            meta.update(load_after=load(), wall_s=time.perf_counter() - started)
+        if args.out:
+            os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+            found = {"meta": meta, "checks": checks, "rows": rows, **({"errors": errors} if args.keep_going else {})}
+            with open(args.out + ".tmp", "w") as f:
+                json.dump(found, f, indent=1)
+            os.replace(args.out + ".tmp", args.out)
+
+    def failed(where: dict, error: BaseException) -> None:
+        if not args.keep_going:
+            raise error
+        entry = {**where, "error": f"{type(error).__name__}: {' '.join(str(error).split())[:500]}"}
+        errors.append(entry)
+        print(json.dumps(entry), flush=True)
+
+    def workload(model: str, side: int, batch: int) -> None:
+        counts = attack_counts(model, side, batch, args.attacks, max_work)
+        work = setup(model, max(counts), side, batch)
+        if use_torch:
+            ref = torch_attack(work, model, device)
+            with full_precision(args.check_precision == "highest"):
+                equal = check_equal(work, ref, args.tolerance, args.kink_tolerance, tuple(args.check_convs))
+            check = {"model": model, "side": side, "batch": batch, **equal}
+            checks.append(check)
+            print(json.dumps(check), flush=True)
+        flops = step_flops(work)
+        shape = work.x01.shape[1:]
+        steps = max(1, int(args.steps // (batch * (side / 32) ** 2)))
+
+        def reference_run() -> list:   # the PyTorch reference's timing (none with --no-torch)
+            return [("torch", 1, time_torch(ref, shape, steps, device))] if use_torch else []
+
+        found = reference_run()
+        if not args.no_job:
+            found += [(f"job_{conv}", 1, time_job(work, conv, steps)) for conv in ("native", "patch_grad")]
+        found += reference_run()  # interleaved: again after JAX
+        eng = engine.Engine(work.build, _optimizer(), work.info.bounds(), work.info.denormalize, shape=shape,
+                            chunk_size=steps, mesh=engine.make_mesh(jax.devices()[:1]))
+        for strategy in strategies:
+            for n in counts:
+                try:
+                    found.append((f"engine_{strategy}", n, time_plan(eng, engine.Plan(strategy, n, 1), work.inputs, steps)))
+                except Exception as error:  # noqa: BLE001  (only with --keep-going; else re-raised)
+                    failed({"model": model, "side": side, "batch": batch, "mode": f"engine_{strategy}", "attacks": n}, error)
+                    break   # a larger N of this strategy would fail the same way
+        found += reference_run()  # and after the engine
+        torch_runs = [r for mode, _, r in found if mode == "torch"]
+        merged, torch_step, torch_cpu = [], None, None
+        if torch_runs:
+            torch_step = min(r["step_s"] for r in torch_runs)
+            merged = [("torch", 1, {**torch_runs[0], "step_s": torch_step,
+                                    "cpu_step_s": min(r["cpu_step_s"] for r in torch_runs),
+                                    "torch_step_s_runs": [r["step_s"] for r in torch_runs]})]
+            torch_cpu = merged[0][2]["cpu_step_s"]
+        merged += [f for f in found if f[0] != "torch"]
+        for mode, n, r in merged:
+            row = {"model": model, "side": side, "batch": batch, "mode": mode, "attacks": n, "steps": steps, **r,
+                   "attack_steps_per_s": n / r["step_s"],
+                   "vs_torch_sequential": None if torch_step is None else torch_step * n / r["step_s"],
+                   "cpu_vs_torch_sequential": None if torch_cpu is None else torch_cpu * n / r["cpu_step_s"],
+                   "step_gflop": flops / 1e9, "achieved_gflops": flops * n / r["step_s"] / 1e9,
+                   "fraction_of_peak": flops * n / r["step_s"] / peak,
+                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
     for model in args.models:
         for side in args.sides:
             for batch in args.batches:
-                counts = attack_counts(model, side, batch, args.attacks, max_work)
-                work = setup(model, max(counts), side, batch)
-                ref = torch_attack(work, model, device)
-                check = {"model": model, "side": side, "batch": batch, **check_equal(work, ref, args.tolerance, args.kink_tolerance)}
-                checks.append(check)
-                print(json.dumps(check), flush=True)
-                flops = step_flops(work)
-                shape = work.x01.shape[1:]
-                steps = max(1, int(args.steps // (batch * (side / 32) ** 2)))
-                found = [("torch", 1, time_torch(ref, shape, steps, device))]
-                if not args.no_job:
-                    found += [(f"job_{conv}", 1, time_job(work, conv, steps)) for conv in ("native", "patch_grad")]
-                found.append(("torch", 1, time_torch(ref, shape, steps, device)))  # interleaved: again after JAX
-                eng = engine.Engine(work.build, _optimizer(), work.info.bounds(), work.info.denormalize, shape=shape,
-                                    chunk_size=steps, mesh=engine.make_mesh(jax.devices()[:1]))
-                for strategy in strategies:
-                    for n in counts:
-                        found.append((f"engine_{strategy}", n, time_plan(eng, engine.Plan(strategy, n, 1), work.inputs, steps)))
-                found.append(("torch", 1, time_torch(ref, shape, steps, device)))  # and after the engine
-                torch_runs = [r for mode, _, r in found if mode == "torch"]
-                torch_step = min(r["step_s"] for r in torch_runs)
-                merged = [("torch", 1, {**torch_runs[0], "step_s": torch_step,
-                                        "cpu_step_s": min(r["cpu_step_s"] for r in torch_runs),
-                                        "torch_step_s_runs": [r["step_s"] for r in torch_runs]})]
-                merged += [f for f in found if f[0] != "torch"]
-                torch_cpu = merged[0][2]["cpu_step_s"]
-                for mode, n, r in merged:
-                    row = {"model": model, "side": side, "batch": batch, "mode": mode, "attacks": n, "steps": steps, **r,
-                           "attack_steps_per_s": n / r["step_s"], "vs_torch_sequential": torch_step * n / r["step_s"],
-                           "cpu_vs_torch_sequential": torch_cpu * n / r["cpu_step_s"],
-                           "step_gflop": flops / 1e9, "achieved_gflops": flops * n / r["step_s"] / 1e9,
-                           "fraction_of_peak": flops * n / r["step_s"] / peak,
-                           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                del eng, work, ref
-    meta.update(load_after=load(), wall_s=time.perf_counter() - started)
+                try:
+                    workload(model, side, batch)
+                except Exception as error:  # noqa: BLE001  (only with --keep-going; else re-raised)
+                    failed({"model": model, "side": side, "batch": batch, "mode": "workload"}, error)
+                if args.keep_going:
+                    save(final=False)
+    save(final=True)
     print(json.dumps(meta), flush=True)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "checks": checks, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
