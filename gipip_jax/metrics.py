@@ -149,3 +149,55 @@ def evaluate(reconstructions: np.ndarray, ground_truth: np.ndarray, *, lpips_net
     if lpips_net:
         out["lpips"] = lpips(matched, ground_truth, lpips_net).tolist()
     return out
+
+
+def match_orders(reconstructions: np.ndarray, ground_truth: np.ndarray, needed=None) -> np.ndarray:
+    """`match_order` of many attacks at once, (A, B) int: reconstructions and ground_truth are
+    (A, B, H, W, C); one MSE call for all A x B x B pairs, then the assignment per attack on the host.
+    Attacks where needed[a] is False (e.g. failed ones, whose images are NaN) get the identity."""
+    a, b = reconstructions.shape[:2]
+    orders = np.tile(np.arange(b, dtype=np.int64), (a, 1))
+    if b == 1:
+        return orders
+    rec = np.repeat(np.asarray(reconstructions), b, axis=1).reshape(-1, *reconstructions.shape[2:])
+    gt = np.tile(np.asarray(ground_truth), (1, b, 1, 1, 1)).reshape(-1, *ground_truth.shape[2:])
+    costs = np.asarray(mse(rec, gt)).reshape(a, b, b)
+    for i in range(a):
+        if needed is None or needed[i]:
+            rec_idx, gt_idx = scipy.optimize.linear_sum_assignment(costs[i])
+            orders[i, gt_idx] = rec_idx
+    return orders
+
+
+def evaluate_batch(reconstructions: np.ndarray, ground_truth: np.ndarray, *, lpips_net: str | None = "alexnet",
+                   needed=None) -> list[dict | None]:
+    """`evaluate` of A attacks at once: reconstructions and ground_truth (A, B, H, W, C); one call of
+    each metric (and of LPIPS) for all A x B images, so a study's waves (a fixed A) compile each
+    metric once. Returns one dict per attack as `evaluate` gives it, None where needed[a] is False
+    (those attacks' images still go through the calls, keeping the shapes fixed, but are not matched)."""
+    reconstructions, ground_truth = np.asarray(reconstructions), np.asarray(ground_truth)
+    if reconstructions.shape != ground_truth.shape or reconstructions.ndim != 5:
+        raise ValueError(f"reconstructions {reconstructions.shape} and ground truth {ground_truth.shape} need the "
+                         "same (attacks, batch, H, W, C) shape")
+    a, b = reconstructions.shape[:2]
+    orders = match_orders(reconstructions, ground_truth, needed)
+    matched = np.take_along_axis(reconstructions, orders[:, :, None, None, None], axis=1)
+    flat_rec, flat_gt = matched.reshape(a * b, *matched.shape[2:]), ground_truth.reshape(a * b, *ground_truth.shape[2:])
+    per_image = {
+        "psnr": psnr(flat_rec, flat_gt),
+        "ssim": ssim(flat_rec, flat_gt),
+        "ssim_padded": ssim_padded(flat_rec, flat_gt),
+        "mse": mse(flat_rec, flat_gt),
+    }
+    if b == 1:
+        per_image["ssim_best_match"] = per_image["ssim"]
+    else:   # every reconstruction against every ground truth of its attack, max over the ground truths
+        rec = np.repeat(matched, b, axis=1).reshape(-1, *matched.shape[2:])
+        gt = np.tile(ground_truth, (1, b, 1, 1, 1)).reshape(-1, *ground_truth.shape[2:])
+        per_image["ssim_best_match"] = np.asarray(ssim(rec, gt)).reshape(a, b, b).max(axis=2)
+    if lpips_net:
+        per_image["lpips"] = lpips(flat_rec, flat_gt, lpips_net)
+    per_image = {k: np.asarray(v).reshape(a, b) for k, v in per_image.items()}
+    names = ("psnr", "ssim", "ssim_padded", "ssim_best_match", "mse") + (("lpips",) if lpips_net else ())
+    return [{"order": orders[i].tolist(), **{k: per_image[k][i].tolist() for k in names}}
+            if needed is None or needed[i] else None for i in range(a)]

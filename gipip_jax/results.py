@@ -1,9 +1,10 @@
 """Result records and image grids written to a work directory.
 
-`WORKDIR/results.jsonl` holds one JSON object per finished attack, appended with one write
-call each, and is read back to skip finished work. A kill during a write can leave a torn last
-line (no newline): `read_records` ignores it, and `append_record` cuts it off before appending
-(that attack never finished, so a resumed run redoes it), so every record starts on its own line.
+`WORKDIR/results.jsonl` holds one JSON object per finished attack, appended with one write call
+(and one fsync) per record or per batch of records (`append_records`: a study wave's), and is read
+back to skip finished work. A kill during a write can leave a torn last line (no newline):
+`read_records` ignores it, and the next append cuts it off first (that attack never finished, so a
+resumed run redoes it), so every record starts on its own line.
 `save_grid` writes rows of (B, H, W, C) [0, 1] images as one PNG (e.g. ground truth above
 reconstructions).
 """
@@ -27,7 +28,16 @@ class ResultsError(ValueError):
 
 def append_record(path: str, record: dict) -> None:
     """Appends `record` as one JSON line and flushes it to disk (first repairing a torn last line)."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    append_records(path, [record])
+
+
+def append_records(path: str, records: Iterable[dict]) -> None:
+    """Appends `records` as JSON lines with one write and one flush to disk (first repairing a torn
+    last line): a study appends a wave's records at once. A kill during the write keeps the whole
+    lines written before it; the cut-off one is dropped by the next append."""
+    line = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records).encode()
+    if not line:
+        return
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         _repair_torn_tail(fd, path)

@@ -32,6 +32,7 @@ same waves on its devices and process 0 writes the files.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -158,19 +159,22 @@ class Study:
         for a in self.attacks:
             a["update"] = updates.setdefault((a["target"], json.dumps(defense_of(a["setting"]), sort_keys=True)),
                                              (len(updates), a))[0]
-        grads, attack_labels = [], []
-        for number, (_, first) in enumerate(updates.values()):
+        grads, attack_labels, compiled = [], [], {}
+        for number, ((_, defense_key), (_, first)) in enumerate(updates.items()):
             x01, y = self.target_set.take(np.asarray(first["target_indices"]))
-            defense = defense_of(first["setting"])
+            if defense_key not in compiled:   # one compiled client update per defense setting
+                defense = defense_of(first["setting"])
+                compiled[defense_key] = jax.jit(functools.partial(
+                    lambda x, labels, key, specs, settings: threat_models.aggregated_update(
+                        self.victim, self.variables, x, labels, key=key, defense=specs, **self.threat, **settings).grads,
+                    specs=defenses.specs_from_config(defense), settings=defenses.client_settings_from_config(defense)))
             key = jax.random.fold_in(jax.random.key(self.config.seed + 1), number)
-            update = threat_models.aggregated_update(
-                self.victim, self.variables, self.info.normalize(x01), y, key=key,
-                defense=defenses.specs_from_config(defense), **self.threat, **defenses.client_settings_from_config(defense))
-            check_update_matches(update.grads, self.variables["params"])
+            update_grads = compiled[defense_key](self.info.normalize(x01), y, key)
+            check_update_matches(update_grads, self.variables["params"])
             if self.label_source != "given":
-                y = label_lib.recover(self.label_source, update.grads, len(y), self.victim, self.variables,
+                y = label_lib.recover(self.label_source, update_grads, len(y), self.victim, self.variables,
                                       jax.random.fold_in(key, 1))
-            grads.append(jax.tree.map(np.asarray, update.grads))
+            grads.append(jax.tree.map(np.asarray, update_grads))
             attack_labels.append(np.asarray(y, np.int32))
         self.target_grads = jax.tree.map(lambda *g: np.stack(g), *grads)
         self.attack_labels = np.stack(attack_labels)
@@ -228,6 +232,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         from gipip_jax import distributed
         distributed.initialize(e)
         print(distributed.describe(), flush=True)
+        config = distributed.without_launch_fields(config)   # one fingerprint for all processes and relaunches
     os.makedirs(workdir, exist_ok=True)
     study = Study(config, workdir)
     writer = jax.process_index() == 0
@@ -278,7 +283,8 @@ class Trace:
     def __init__(self, study, program, padded, iterations: int):
         self.study, self.program, self.padded = study, program, padded
         self.at = set(trace_steps(iterations, study.config.engine.chunk_size))
-        self.truth = [study.target_set.take(np.asarray(study.attacks[i]["target_indices"]))[0] for i in padded]
+        # (slots, B, H, W, C): every slot's ground truth, also the wave's metrics' (see _run_wave)
+        self.truth = np.stack([study.target_set.take(np.asarray(study.attacks[i]["target_indices"]))[0] for i in padded])
         self.rows: list[dict] = []   # one per trace point: step, terms, grad_norms, psnr (lists over slots)
 
     def maybe_take(self, state, inputs, step: int) -> None:
@@ -286,12 +292,12 @@ class Trace:
             return
         terms, norms, images01 = engine.to_host(self.program.diagnose(state, inputs))
         steps = engine.to_host(state.attack.step)
-        psnr = []
-        for slot, truth in enumerate(self.truth):
-            rec = images01[slot]
-            if len(truth) > 1:
-                rec = rec[metrics.match_order(rec, truth)]
-            psnr.append(float(np.mean(metrics.psnr(rec, truth))))
+        # all slots at once (one MSE call for the order matching, one PSNR call): a wave's cost, not a slot's
+        finite = np.isfinite(images01).reshape(len(images01), -1).all(axis=1)
+        orders = metrics.match_orders(images01, self.truth, needed=finite)
+        rec = np.take_along_axis(images01, orders[:, :, None, None, None], axis=1)
+        per_image = np.asarray(metrics.psnr(rec.reshape(-1, *rec.shape[2:]), self.truth.reshape(-1, *rec.shape[2:])))
+        psnr = [float(np.mean(p)) for p in per_image.reshape(len(rec), -1)]
         self.rows.append({"step": step, "attack_steps": steps.tolist(), "psnr": psnr,
                           "terms": {k: v.tolist() for k, v in terms.items()},
                           "grad_norms": {k: v.tolist() for k, v in norms.items()}})
@@ -337,12 +343,14 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
     per_save = max(1, config.engine.checkpoint_every // config.engine.chunk_size)
     inputs = study.inputs(padded)
     device_inputs = study.engine.put(inputs)
+    compute = [0.0, 0.0]   # seconds in the engine's programs (waiting on each chunk), the time the last wait ended
 
     def on_chunk(s):
         nonlocal chunks
         chunks += 1
+        steps = engine.to_host(s.attack.step)   # waits for the chunk
+        compute[0] += time.perf_counter() - compute[1]
         trace.maybe_take(s, device_inputs, chunks * config.engine.chunk_size)
-        steps = engine.to_host(s.attack.step)
         if chunks % per_save == 0 and not engine.wave_finished(s, iterations):
             manager.save(chunks, args=ocp.args.StandardSave(s))
             manager.wait_until_finished()
@@ -354,9 +362,12 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
             print(f"wave {number + 1}/{count}  step {int(steps.min())}/{iterations}  attacks done "
                   f"{len(done)}/{len(study.attacks)}  {rate:.1f} attack-steps/s", flush=True)
             last_log[0] = now
+        compute[1] = time.perf_counter()
 
+    compute[1] = time.perf_counter()
     _, result = study.engine.run_wave(program, inputs, iterations, state=state, on_chunk=on_chunk,
                                       device_inputs=device_inputs)
+    compute[0] += time.perf_counter() - compute[1]
     manager.wait_until_finished()
     seconds = time.perf_counter() - start
     records = []
@@ -365,19 +376,27 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
         real = len(ids)
         np.savez_compressed(os.path.join(study.workdir, "reconstructions", f"wave_{number:05d}.npz"),
                             ids=np.asarray(ids), images01=result.images01[:real])
-        for slot, attack_id in enumerate(ids):
-            if attack_id in done:
-                continue
-            record = _record(study, attack_id, slot, result, seconds, number, len(padded), trace.of_slot(slot))
-            results.append_record(results_path, record)
-            records.append(record)
+        todo = [slot for slot, attack_id in enumerate(ids) if attack_id not in done]
+        ok = ~np.asarray(result.failed, bool) & np.isfinite(result.loss)
+        needed = np.zeros(len(padded), bool)
+        needed[todo] = ok[todo]
+        # the whole (padded) wave through each metric at once: one fixed shape per study, so LPIPS & co. compile once
+        scores = metrics.evaluate_batch(result.images01, trace.truth, lpips_net=config.metrics.lpips_net, needed=needed)
+        for slot in todo:
+            records.append(_record(study, ids[slot], slot, result, seconds, number, len(padded), trace.of_slot(slot),
+                                   scores=scores[slot], compute_seconds=compute[0]))
+        results.append_records(results_path, records)   # one write and one fsync per wave
     manager.close()
     if writer:
         shutil.rmtree(path, ignore_errors=True)
     return records
 
 
-def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace) -> dict:
+def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace, scores=None,
+            compute_seconds=None) -> dict:
+    """The attack's record; scores: its `metrics.evaluate` (None: computed here); compute_seconds: the
+    wave's seconds in the engine's programs (this run's part, when resumed), the rest of wave_seconds
+    being traces, checkpoints and the host's work."""
     a, config, info = study.attacks[attack_id], study.config, study.info
     x01, labels = study.target_set.take(np.asarray(a["target_indices"]))
     record = {"attack": attack_name(config, a["setting"]), "attack_id": attack_id, "dataset": info.name,
@@ -390,6 +409,7 @@ def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace
               "label_accuracy": label_lib.accuracy(study.attack_labels[a["update"]], labels),
               # this attack's share of its wave's wall time (this run's part of it, when resumed)
               "wave": wave, "wave_size": wave_size, "wave_seconds": wave_seconds, "seconds": wave_seconds / wave_size,
+              "wave_compute_seconds": compute_seconds,
               "prior": {k: study.prior_meta.get(k) for k in ("dataset", "aux_count", "aux_fraction", "epochs", "recipe")}
               if study.prior_meta and a["setting"]["as_weight"] > 0 else None,
               "parameterization": config.attack.get("parameterization", "pixels"), "gan_prior": study.gan_meta,
@@ -397,7 +417,8 @@ def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace
     if result.failed[slot] or not np.isfinite(result.loss[slot]):
         record.update(status="failed", error=f"objective NaN/Inf after {int(result.tries[slot])} restart(s)")
         return record
-    scores = metrics.evaluate(result.images01[slot], x01, lpips_net=config.metrics.lpips_net)
+    if scores is None:
+        scores = metrics.evaluate(result.images01[slot], x01, lpips_net=config.metrics.lpips_net)
     record.update(status="ok", loss=float(result.loss[slot]),
                   terms={k: float(v[slot]) for k, v in result.terms.items()}, per_image=scores,
                   **{m: float(np.mean(scores[m])) for m in ("psnr", "ssim", "ssim_padded", "ssim_best_match", "mse", "lpips")
@@ -408,18 +429,26 @@ def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace
 def _save_grid(study, finished: list[dict], workdir: str) -> None:
     """W/grid.png: ground truth, then one labelled row per arm with the restart of each target that
     summarize.best_restarts keeps (order matched); at most GRID_COLUMNS images per row."""
-    folder = os.path.join(workdir, "reconstructions")
-    images = {}
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        with np.load(os.path.join(folder, name)) as saved:
-            images.update(zip(saved["ids"].tolist(), saved["images01"]))
-    kept = [r for r in summarize.best_restarts(finished) if r.get("status") == "ok" and r["attack_id"] in images]
     targets = sorted({tuple(a["target_indices"]) for a in study.attacks})
     shown = []
     for t in targets:
         if sum(len(u) for u in shown) + len(t) > GRID_COLUMNS:
             break
         shown.append(t)
+    shown_set = set(shown)
+    kept = [r for r in summarize.best_restarts(finished)
+            if r.get("status") == "ok" and tuple(r["target_indices"]) in shown_set]
+    # only the reconstruction files of the shown attacks' waves (a wave's file: wave_NNNNN.npz)
+    folder = os.path.join(workdir, "reconstructions")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    if all("wave" in r for r in kept):
+        wanted = {f"wave_{r['wave']:05d}.npz" for r in kept}
+        names = [name for name in names if name in wanted]
+    needed, images = {r["attack_id"] for r in kept}, {}
+    for name in names:
+        with np.load(os.path.join(folder, name)) as saved:
+            images.update((i, image) for i, image in zip(saved["ids"].tolist(), saved["images01"]) if i in needed)
+    kept = [r for r in kept if r["attack_id"] in images]
     arms = {}
     for r in kept:
         arms.setdefault(json.dumps(r["setting"], sort_keys=True), {})[tuple(r["target_indices"])] = r

@@ -78,3 +78,15 @@ def test_grid_layout(tmp_path):
     assert pixels[0, 0].tolist() == [0, 0, 0] and pixels[-1, -1].tolist() == [255, 255, 255]
     with pytest.raises(ValueError, match="same shape"):
         results.save_grid(path, [top, bottom[:2]])
+
+
+def test_append_records_writes_a_batch_as_lines_after_repairing_a_torn_tail(tmp_path):
+    path = str(tmp_path / "results.jsonl")
+    results.append_records(path, [{"attack_id": 0}, {"attack_id": 1}])
+    with open(path, "a") as f:
+        f.write('{"attack_id": 2, "psnr": 1')  # a wave's write cut off by a kill
+    results.append_records(path, [])   # nothing to write: the file is left alone
+    assert open(path).read().endswith('"psnr": 1')
+    results.append_records(path, [{"attack_id": 2}, {"attack_id": 3, "label": "é"}])
+    assert results.read_records(path) == [{"attack_id": i} for i in range(3)] + [{"attack_id": 3, "label": "é"}]
+    assert open(path, encoding="utf-8").read().count("\n") == 4

@@ -104,3 +104,22 @@ def test_unknown_grid_field_is_one_clear_error(fixtures_dir, tmp_path, capsys):
     args = overrides(fixtures_dir, tmp_path / "cache") + ["--set=grid.lr=[0.1]"]
     assert cli.main(study(tmp_path, args)) == 2
     assert "grid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_batched_metrics_match_the_per_attack_ones(batch):
+    """_run_wave scores a wave with metrics.evaluate_batch; each attack gets what metrics.evaluate gives it."""
+    from gipip_jax import metrics
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(size=(4, batch, 16, 16, 3)).astype(np.float32)
+    recs = np.clip(truth[:, ::-1] + rng.normal(scale=0.1, size=truth.shape), 0, 1).astype(np.float32)
+    recs[2] = np.nan   # a failed attack: not matched, no scores
+    needed = np.array([True, True, False, True])
+    batched = metrics.evaluate_batch(recs, truth, lpips_net=None, needed=needed)
+    assert batched[2] is None
+    for i in (0, 1, 3):
+        single = metrics.evaluate(recs[i], truth[i], lpips_net=None)
+        assert batched[i]["order"] == single["order"] == list(range(batch))[::-1]
+        assert batched[i].keys() == single.keys()
+        for k in single.keys() - {"order"}:
+            np.testing.assert_allclose(batched[i][k], single[k], rtol=1e-5, atol=1e-6)
