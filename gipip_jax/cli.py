@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                "train-victim": jobs.train_victim, "utility": utility.run}[args.command]
         job(config, args.workdir)
     except expected as error:
+        if args.command == "study":   # a lost peer of a multi-process study: exit now, skip JAX's exit barrier
+            from gipip_jax import distributed
+            distributed.exit_if_peer_lost(error)
         if created:
             _remove_if_empty(created)
         return fail(error)

@@ -6,9 +6,12 @@ Starts N processes of `python -m gipip_jax.cli ARGS...`, each with D fake CPU de
 (XLA_FLAGS=--xla_force_host_platform_device_count=D, JAX_PLATFORMS=cpu; default D=2), and adds
 `--set engine.distributed=True --set engine.coordinator=127.0.0.1:PORT --set engine.num_processes=N
 --set engine.process_id=I` to process I's arguments (PORT: a free one unless --port). Their output
-is streamed, each line prefixed with `[I] `. When a process exits non-zero the others are
-terminated and the launcher exits with that status; otherwise it exits 0 when all have finished.
-Ctrl-C (or SIGTERM) terminates all of them.
+is streamed, each line prefixed with `[I] `. When a process exits non-zero the launcher waits a
+second for the others (peers of a dead process stop by themselves, status 75: distributed.py),
+terminates those left (SIGTERM, SIGKILL after 10 s), prints one `launch: failed: ...` line naming
+the process that failed first (a cause, not a peer that stopped because of it) and exits with its
+status (128 + S for a signal S); otherwise it exits 0 when all have finished. Ctrl-C (or SIGTERM)
+terminates all of them.
 
 On a cluster, start the same `gipip-jax study ... --set engine.distributed=True` command once per
 node/GPU with the cluster's launcher (srun, TPU pod `--worker=all`): see BUILD.md.
@@ -24,6 +27,10 @@ import subprocess
 import sys
 import threading
 import time
+
+
+# distributed.PEER_LOST_STATUS (not imported: this module does not load JAX).
+PEER_LOST_STATUS = 75
 
 
 def free_port() -> int:
@@ -83,6 +90,7 @@ def launch(count: int, args: list[str], devices: int = 2, port: int | None = Non
         p = subprocess.Popen(process_command(args, index, count, port), env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT)
         processes.append(p)
+        print(f"launch: process {index} is pid {p.pid}", flush=True)
         t = threading.Thread(target=_stream, args=(index, p.stdout, lock), daemon=True)
         t.start()
         threads.append(t)
@@ -92,30 +100,62 @@ def launch(count: int, args: list[str], devices: int = 2, port: int | None = Non
         sys.exit(128 + signum)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    status = 0
+    status, stopped = 0, []
     try:
-        running = set(range(count))
-        while running:
-            for index in sorted(running):
-                code = processes[index].poll()
-                if code is None:
-                    continue
-                running.discard(index)
-                if code != 0:
-                    status = code if code > 0 else 128 - code   # killed by signal S: 128 + S
-                    with lock:
-                        print(f"launch: process {index} exited with status {code}; stopping the others",
-                              file=sys.stderr, flush=True)
-                    _terminate(processes)
-                    running.clear()
-                    break
+        seen: dict[int, float] = {}   # index -> when its exit was first seen
+        while len(seen) < count:
+            for index, p in enumerate(processes):
+                if index not in seen and p.poll() is not None:
+                    seen[index] = time.monotonic()
+            failed = [i for i in seen if processes[i].returncode != 0]
+            if failed:
+                # Peers of a dead process stop within moments of it (their next collective fails): look
+                # a little longer so the report names the cause, not a consequence.
+                deadline = time.monotonic() + 1.0
+                while time.monotonic() < deadline and len(seen) < count:
+                    time.sleep(0.1)
+                    for index, p in enumerate(processes):
+                        if index not in seen and p.poll() is not None:
+                            seen[index] = time.monotonic()
+                failed = [i for i in seen if processes[i].returncode != 0]
+                first = min(failed, key=lambda i: (processes[i].returncode == PEER_LOST_STATUS,
+                                                   processes[i].returncode == -signal.SIGABRT, seen[i], i))
+                code = processes[first].returncode
+                status = code if code > 0 else 128 - code   # killed by signal S: 128 + S
+                with lock:
+                    print(f"launch: process {first} {describe_exit(code)}; stopping the others",
+                          file=sys.stderr, flush=True)
+                stopped = [i for i, p in enumerate(processes) if p.poll() is None]
+                _terminate(processes)
+                break
             time.sleep(0.2)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     for t in threads:
         t.join(timeout=5)
+    if status:
+        others = "; ".join(f"process {i} " + ("was stopped by the launcher" if i in stopped else
+                                              describe_exit(p.returncode))
+                           for i, p in enumerate(processes) if i != first)
+        print(f"launch: failed: process {first} {describe_exit(code)} first" + (f" ({others})" if others else "")
+              + ". Rerun the same command to resume: attacks in results.jsonl are kept, a wave continues "
+              "from its last checkpoint.", file=sys.stderr, flush=True)
     return status
+
+
+def describe_exit(code: int) -> str:
+    """A process's exit status in words (Popen.returncode: negative for a signal)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "?"
+        what = {"SIGKILL": "killed", "SIGTERM": "terminated", "SIGABRT": "aborted"}.get(name, "killed")
+        return f"was {what} by signal {-code} ({name})"
+    if code == PEER_LOST_STATUS:
+        return f"stopped after losing contact with another process (status {code})"
+    return f"exited with status {code}"
 
 
 def main(argv: list[str] | None = None) -> int:
