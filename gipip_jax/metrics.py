@@ -87,26 +87,9 @@ def ssim_padded(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.mean(ssim_padded_map(a, b), axis=(1, 2, 3))
 
 
-def pairwise(metric, reconstructions: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
-    """(B_rec, B_gt) matrix of metric(reconstructions[i], ground_truth[j])."""
-    n, m = len(reconstructions), len(ground_truth)
-    rec = jnp.repeat(jnp.asarray(reconstructions), m, axis=0)
-    gt = jnp.tile(jnp.asarray(ground_truth), (n, 1, 1, 1))
-    return np.asarray(metric(rec, gt)).reshape(n, m)
-
-
 def match_order(reconstructions: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
     """Permutation p minimizing sum_i MSE(reconstructions[p[i]], ground_truth[i]), (B,) int."""
-    cost = pairwise(mse, reconstructions, ground_truth)
-    rec_idx, gt_idx = scipy.optimize.linear_sum_assignment(cost)
-    order = np.empty(len(ground_truth), dtype=np.int64)
-    order[gt_idx] = rec_idx
-    return order
-
-
-def ssim_best_match(reconstructions: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
-    """Each reconstruction's SSIM against its best-matching ground-truth image, (B,)."""
-    return pairwise(ssim, reconstructions, ground_truth).max(axis=1)
+    return match_orders(np.asarray(reconstructions)[None], np.asarray(ground_truth)[None])[0]
 
 
 @functools.lru_cache(maxsize=2)
@@ -132,23 +115,12 @@ def evaluate(reconstructions: np.ndarray, ground_truth: np.ndarray, *, lpips_net
     ssim_padded (the authors' / inversefed's), ssim_best_match (dm-pix's ssim), mse, lpips.
 
     Also returns `order`, the matched permutation (reconstructions[order[i]] <-> ground_truth[i]).
+    One attack's `evaluate_batch`.
     """
     reconstructions, ground_truth = np.asarray(reconstructions), np.asarray(ground_truth)
     if reconstructions.shape != ground_truth.shape:
         raise ValueError(f"reconstructions {reconstructions.shape} and ground truth {ground_truth.shape} differ in shape")
-    order = match_order(reconstructions, ground_truth)
-    matched = reconstructions[order]
-    out = {
-        "order": order.tolist(),
-        "psnr": np.asarray(psnr(matched, ground_truth)).tolist(),
-        "ssim": np.asarray(ssim(matched, ground_truth)).tolist(),
-        "ssim_padded": np.asarray(ssim_padded(matched, ground_truth)).tolist(),
-        "ssim_best_match": ssim_best_match(matched, ground_truth).tolist(),
-        "mse": np.asarray(mse(matched, ground_truth)).tolist(),
-    }
-    if lpips_net:
-        out["lpips"] = lpips(matched, ground_truth, lpips_net).tolist()
-    return out
+    return evaluate_batch(reconstructions[None], ground_truth[None], lpips_net=lpips_net)[0]
 
 
 def match_orders(reconstructions: np.ndarray, ground_truth: np.ndarray, needed=None) -> np.ndarray:

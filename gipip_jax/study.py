@@ -392,13 +392,13 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
     return records
 
 
-def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace, scores=None,
+def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace, scores,
             compute_seconds=None) -> dict:
-    """The attack's record; scores: its `metrics.evaluate` (None: computed here); compute_seconds: the
+    """The attack's record; scores: its `metrics.evaluate` (from the wave's evaluate_batch); compute_seconds: the
     wave's seconds in the engine's programs (this run's part, when resumed), the rest of wave_seconds
     being traces, checkpoints and the host's work."""
     a, config, info = study.attacks[attack_id], study.config, study.info
-    x01, labels = study.target_set.take(np.asarray(a["target_indices"]))
+    _, labels = study.target_set.take(np.asarray(a["target_indices"]))
     record = {"attack": attack_name(config, a["setting"]), "attack_id": attack_id, "dataset": info.name,
               "split": config.data.split, "model": study.victim.name, "victim": study.victim_meta,
               "target_indices": a["target_indices"], "labels": labels.tolist(), "batch_size": len(labels),
@@ -417,8 +417,6 @@ def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace
     if result.failed[slot] or not np.isfinite(result.loss[slot]):
         record.update(status="failed", error=f"objective NaN/Inf after {int(result.tries[slot])} restart(s)")
         return record
-    if scores is None:
-        scores = metrics.evaluate(result.images01[slot], x01, lpips_net=config.metrics.lpips_net)
     record.update(status="ok", loss=float(result.loss[slot]),
                   terms={k: float(v[slot]) for k, v in result.terms.items()}, per_image=scores,
                   **{m: float(np.mean(scores[m])) for m in ("psnr", "ssim", "ssim_padded", "ssim_best_match", "mse", "lpips")
