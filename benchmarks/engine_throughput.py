@@ -31,7 +31,7 @@ import numpy as np
 from gipip_jax import attack, checkpoints, data, engine
 from gipip_jax.client import victim_gradient
 from gipip_jax.assembly import resolve_path
-from gipip_jax.objectives import ObjectiveWeights, make_objective
+from gipip_jax.objectives import make_objective
 from gipip_jax.victims import make_victim
 
 AE = "experiments/checkpoints/ae_cifar10_aux5"
@@ -41,13 +41,14 @@ class Workload(NamedTuple):
     """One benchmark workload: `count` attacks on a victim at one image size and batch size.
 
     x01: (count, batch, H, W, C) target images in [0, 1]; labels: int32 (count, batch);
+    terms: the objective's term settings {"tv": {"weight": w}, "anomaly": {"weight": w, "offset": c}};
     inputs: the engine's AttackInputs (FedSGD updates of those targets); build(conv) -> objective.
     """
 
     info: data.DatasetInfo
     variables: dict
     autoencoder: tuple
-    weights: ObjectiveWeights
+    terms: dict
     x01: np.ndarray
     labels: np.ndarray
     inputs: engine.AttackInputs
@@ -59,6 +60,12 @@ def reference_weights(batch: int, side: int) -> dict:
     if batch == 1:
         return {"tv": 1e-6, "anomaly": 1e-6}
     return {"tv": 1e-5 if side <= 32 else 5e-4, "anomaly": 1e-4}
+
+
+def reference_terms(batch: int, side: int, offset: float) -> dict:
+    """GI-PIP's objective terms for a workload: TV and the AS prior with offset c = `offset`."""
+    weights = reference_weights(batch, side)
+    return {"tv": {"weight": weights["tv"]}, "anomaly": {"weight": weights["anomaly"], "offset": offset}}
 
 
 def setup(model: str, count: int, side: int = 32, batch: int = 1) -> Workload:
@@ -75,26 +82,26 @@ def setup(model: str, count: int, side: int = 32, batch: int = 1) -> Workload:
     victim = make_victim(model, info.num_classes, info.image_shape, conv="native")
     variables = victim.init(jax.random.key(0))
     module, ae_params, meta = checkpoints.load_autoencoder(resolve_path(AE))
-    weights = ObjectiveWeights(**reference_weights(batch, side), anomaly_offset=meta["as_offset"])
+    terms = reference_terms(batch, side, meta["as_offset"])
     grad = jax.jit(lambda x, y: victim_gradient(victim, variables, info.normalize(x), y))
     grads = [grad(x01[i], labels[i]) for i in range(count)]
     inputs = engine.AttackInputs(
         jax.tree.map(lambda *g: np.stack([np.asarray(v) for v in g]), *grads), labels,
-        engine.per_attack_weights(count, **weights._asdict()),
+        engine.per_attack_terms([terms] * count),
         np.asarray(jax.vmap(jax.random.key_data)(jax.random.split(jax.random.key(1), count))))
 
     def build(conv):
         v = make_victim(model, info.num_classes, info.image_shape, conv=conv)
-        return make_objective(v, variables, info, weights=weights,
+        return make_objective(v, variables, info, terms=terms,
                               reconstruct=lambda x: module.apply({"params": ae_params}, x))
 
-    return Workload(info, variables, (module, ae_params), weights, x01, labels, inputs, build)
+    return Workload(info, variables, (module, ae_params), terms, x01, labels, inputs, build)
 
 
 def one_attack(work: Workload, i: int = 0):
-    """Attack i's (target_grads, labels, weights) as device arrays."""
+    """Attack i's (target_grads, labels, term settings) as device arrays."""
     return (jax.tree.map(lambda a: jnp.asarray(a[i]), work.inputs.target_grads), jnp.asarray(work.labels[i]),
-            jax.tree.map(lambda a: jnp.asarray(a[i]), work.inputs.weights))
+            jax.tree.map(lambda a: jnp.asarray(a[i]), work.inputs.terms))
 
 
 def time_plan(eng: engine.Engine, plan: engine.Plan, inputs, steps: int) -> dict:

@@ -62,7 +62,7 @@ def main() -> None:
     objective = work.build(args.conv)
     grads, labels, _ = one_attack(work)
     x = jax.random.normal(jax.random.key(3), work.x01.shape[1:])
-    step = jax.jit(jax.value_and_grad(lambda x: objective(x, grads, labels, work.weights)[0]))
+    step = jax.jit(jax.value_and_grad(lambda x: objective(x, grads, labels, work.terms)[0]))
     jax.block_until_ready(step(x))
     walls = []
     with tempfile.TemporaryDirectory() as trace_dir:

@@ -18,8 +18,8 @@ as they are less sensitive to other processes on a shared machine):
 - torch:            the PyTorch reference, one attack step after another (autograd.grad with
                     create_graph=True, Adam, MultiStepLR, box clamp): how the PyTorch suites run.
                     N attacks one after another cost N times this (the "sequential" baseline).
-- job_native / job_patch_grad: the single-attack path of `gipip-jax attack`
-                    (`attack.make_attack` + `make_chunk_runner`, a jitted lax.scan chunk) with the
+- job_native / job_patch_grad: the single-attack path of `gipip-jax attack` (the engine with one
+                    attack on one device: no batching, a jitted lax.scan chunk) with the
                     victim's native convolutions / patch-gradient convolutions.
 - engine_STRATEGY xN: the batched engine (`engine.Engine`, N attacks in one program; vmap_patches on
                     CPU, also native vmap on GPUs), timed with `Engine.measure` (via engine_throughput.py).
@@ -102,22 +102,23 @@ def torch_attack(work: Workload, model: str, device: str):
     ae = reference.port_autoencoder(work.autoencoder[1]).to(device)
     labels = torch.tensor(work.labels[0], dtype=torch.int64, device=device)
     target = reference.target_gradients(net, reference.nhwc_to_nchw(work.info.normalize(work.x01[0])).to(device), labels)
-    w = work.weights
-    return reference.ReferenceAttack(net, target, labels, mean=work.info.mean, std=work.info.std, tv=w.tv,
-                                     anomaly=w.anomaly, offset=w.anomaly_offset, ae=ae, iterations=ITERATIONS)
+    tv, anomaly = work.terms["tv"]["weight"], work.terms["anomaly"]["weight"]
+    return reference.ReferenceAttack(net, target, labels, mean=work.info.mean, std=work.info.std, tv=tv,
+                                     anomaly=anomaly, offset=work.terms["anomaly"]["offset"], ae=ae,
+                                     iterations=ITERATIONS)
 
 
 def check_equal(work: Workload, ref, tolerance: float, kink_tolerance: float,
                 convs: tuple[str, ...] = ("native", "patch_grad")) -> dict:
     """Objective value and pixel gradient, JAX (each conv of `convs`) vs PyTorch, same x; asserts."""
     x = jax.random.normal(jax.random.key(7), work.x01.shape[1:], jnp.float32)
-    grads, labels, weights = one_attack(work)
+    grads, labels, terms = one_attack(work)
     t_value, t_grad = ref.value_and_grad(reference.nhwc_to_nchw(x))
     t_value, t_grad = float(t_value), t_grad.cpu().numpy().transpose(0, 2, 3, 1)
     found = {"torch_objective": t_value}
     for conv in convs:
         objective = work.build(conv)
-        (value, _), grad = jax.jit(jax.value_and_grad(objective, has_aux=True))(x, grads, labels, weights)
+        (value, _), grad = jax.jit(jax.value_and_grad(objective, has_aux=True))(x, grads, labels, terms)
         grad = np.asarray(grad)
         rel_value = abs(float(value) - t_value) / abs(t_value)
         rel_grad = float(np.linalg.norm(grad - t_grad) / np.linalg.norm(t_grad))
@@ -152,9 +153,9 @@ def full_precision(enabled: bool):
 def step_flops(work: Workload) -> float:
     """XLA's FLOP count of one jitted attack step (native convs; one attack)."""
     step = attack.make_attack(work.build("native"), _optimizer(), work.info.bounds())
-    grads, labels, weights = one_attack(work)
+    grads, labels, terms = one_attack(work)
     state = step.init(jax.random.key(0), work.x01.shape[1:])
-    cost = jax.jit(step.step).lower(state, grads, labels, weights).compile().cost_analysis()
+    cost = jax.jit(step.step).lower(state, grads, labels, terms).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
 
@@ -188,26 +189,12 @@ def time_torch(ref, shape, steps: int, device: str) -> dict:
 
 
 def time_job(work: Workload, conv: str, steps: int) -> dict:
-    """The `gipip-jax attack` path: make_attack + make_chunk_runner (one jitted lax.scan chunk)."""
-    att = attack.make_attack(work.build(conv), _optimizer(), work.info.bounds())
-    chunk = attack.make_chunk_runner(att, steps)
-    grads, labels, _ = one_attack(work)
-    state = att.init(jax.random.key(0), work.x01.shape[1:])
-    total = jnp.asarray(ITERATIONS, jnp.int32)
-    start = time.perf_counter()
-    compiled = chunk.lower(state, grads, labels, total).compile()
-    compile_s = time.perf_counter() - start
-    jax.block_until_ready(compiled(state, grads, labels, total))
-    best, cpu = np.inf, time.process_time()
-    for _ in range(2):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(state, grads, labels, total))
-        best = min(best, time.perf_counter() - start)
-    cpu_step_s = (time.process_time() - cpu) / (2 * steps)
-    stats = compiled.memory_analysis()
-    mib = None if stats is None else (stats.argument_size_in_bytes + stats.output_size_in_bytes
-                                      + stats.temp_size_in_bytes) / 2**20
-    return {"compile_s": compile_s, "step_s": best / steps, "cpu_step_s": cpu_step_s, "xla_peak_mib": mib}
+    """The `gipip-jax attack` path: the engine with one attack on one device (no batching; one
+    jitted lax.scan chunk of `steps` steps), the attacked victim pinned to convolutions `conv`.
+    Timed as the engine rows (`time_plan`: compile, then the best of two chunks after a warm-up)."""
+    eng = engine.Engine(lambda _: work.build(conv), _optimizer(), work.info.bounds(), work.info.denormalize,
+                        shape=work.x01.shape[1:], chunk_size=steps, mesh=engine.make_mesh(jax.devices()[:1]))
+    return time_plan(eng, engine.Plan("unroll", 1, 1), work.inputs, steps)
 
 
 def attack_counts(model: str, side: int, batch: int, attacks: list[int], max_work: dict) -> list[int]:

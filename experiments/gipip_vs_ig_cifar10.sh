@@ -7,5 +7,5 @@ root=${1:-runs/gipip_vs_ig}
 common=(--set victim.name=convnet --set attack.iterations=1000 --set metrics.lpips_net=alexnet)
 gipip-jax attack --config experiments/configs/ig_cifar10.py --workdir "$root/ig" "${common[@]}"
 gipip-jax attack --config experiments/configs/gipip_cifar10.py --workdir "$root/gipip_as1e-6" "${common[@]}"
-gipip-jax attack --config experiments/configs/gipip_cifar10.py --workdir "$root/gipip_as1e-4" "${common[@]}" --set attack.as_weight=1e-4
+gipip-jax attack --config experiments/configs/gipip_cifar10.py --workdir "$root/gipip_as1e-4" "${common[@]}" --set "grid.as_weight=[1e-4]"
 python -m gipip_jax.summarize "$root"/*/results.jsonl

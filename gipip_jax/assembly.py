@@ -1,10 +1,10 @@
 """Assembly: a config -> the objects a command runs on, in one place.
 
 dataset (`load_dataset`), the client's victim and its variables (`victim_and_variables`), the AE
-prior (`prior`, `prior_for_grid`) and the images it was trained on (`prior_auxiliary_indices`), what
-an attack optimizes and how (`parameterization_and_optimizer`), the attacked copy's convolution
-(`attack_conv`), paths (`resolve_path`) and the config fingerprint that makes resuming safe. Every
-command (attack, study, utility, the training jobs, experiments, report) builds through these.
+prior (`prior`) and the images it was trained on (`prior_auxiliary_indices`), what an attack
+optimizes and how (`optimization`), paths (`resolve_path`) and the config fingerprint that makes
+resuming safe. Every command (attack, study, utility, the training jobs, experiments, report)
+builds through these; the attacked victim's convolution follows the engine's strategy (engine.py).
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ import hashlib
 import json
 import os
 import pathlib
+from typing import NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 
 from gipip_jax import checkpoints, data, parameterizations
 from gipip_jax import dip as dip_lib
 from gipip_jax import gan as gan_lib
-from gipip_jax.attack import make_optimizer, step_decay_schedule
+from gipip_jax.attack import OPTIMIZERS, make_lbfgs, make_optimizer, step_decay_schedule
 from gipip_jax.victims import make_victim
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -62,8 +64,9 @@ def victim_and_variables(config: ml_collections.ConfigDict, info: data.DatasetIn
 
 
 def prior(config: ml_collections.ConfigDict):
-    """(reconstruct fn or None, AS offset, metadata) of the configured AE prior."""
-    if config.attack.as_weight <= 0:
+    """(reconstruct fn or None, AS offset, metadata) of the configured AE prior: loaded when some
+    setting of the grid has grid.as_weight > 0."""
+    if max(config.grid.get("as_weight") or [0.0]) <= 0:
         return None, 0.0, None
     module, params, meta = checkpoints.load_autoencoder(resolve_path(config.prior.checkpoint))
     offset = config.prior.get("offset")
@@ -71,37 +74,43 @@ def prior(config: ml_collections.ConfigDict):
     return (lambda x01: module.apply({"params": params}, x01)), float(offset), meta
 
 
-def attack_conv(name: str = "auto", backend: str | None = None) -> str:
-    """The convolution implementation of the attacked victim's copy (config.attack.conv).
-
-    "auto" is resolved by `gipip_jax.convs.resolve_conv` (the library's default too): "patch_grad"
-    on CPU, "native" elsewhere. Both compute the same function and gradients: only the speed of the
-    double backward changes (tests/test_attack_conv.py).
-    """
-    from gipip_jax import convs
-
-    if name not in convs.CONV_CHOICES:
-        raise ValueError(f"unknown attack.conv {name!r}; choose one of {', '.join(convs.CONV_CHOICES)}")
-    return convs.resolve_conv(name, backend)
-
-
 def config_fingerprint(config: ml_collections.ConfigDict) -> str:
     """16 hex digits of the config's JSON: records and plans of another config are not reused."""
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def parameterization_and_optimizer(config: ml_collections.ConfigDict, info: data.DatasetInfo):
-    """(parameterization or None for the pixels, optimizer, GAN checkpoint metadata or None) of
-    config.attack.parameterization: "pixels" (default; attack.learning_rate, attack.signed),
+class Optimization(NamedTuple):
+    """What the attacks optimize and how: parameterization (None: the pixels in the box), optimizer,
+    line_search (the optimizer evaluates the objective itself: L-BFGS), GAN checkpoint metadata or None."""
+
+    parameterization: parameterizations.Parameterization | None
+    optimizer: optax.GradientTransformation
+    line_search: bool = False
+    gan_meta: dict | None = None
+
+
+def optimization(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> Optimization:
+    """The Optimization of config.attack: optimizer "lbfgs" is DLG / iDLG (optax L-BFGS over the
+    "dlg" parameterization: no box, labels learned when attack.labels == "dlg"); optimizer "adam"
+    (default) over attack.parameterization: "pixels" (default; attack.learning_rate, attack.signed),
     "gan" (config.gan: checkpoint, latent_iterations (None: half of attack.iterations), latent_lr,
     generator_lr) or "dip" (config.dip: widths, learning_rate, noise_channels, noise_std). Every
-    phase uses the reference step schedule (x0.1 at 3/8, 5/8, 7/8 of its iterations)."""
+    Adam phase uses the reference step schedule (x0.1 at 3/8, 5/8, 7/8 of its iterations)."""
     a = config.attack
+    name, labels = a.get("optimizer", "adam"), a.get("labels", "given")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown attack.optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if labels == "dlg" and name != "lbfgs":
+        raise ValueError("attack.labels='dlg' (soft labels learned jointly) needs attack.optimizer='lbfgs'")
+    if name == "lbfgs":
+        return Optimization(parameterizations.dlg(info.num_classes, learn_labels=labels == "dlg"), make_lbfgs(),
+                            line_search=True)
     kind = a.get("parameterization", "pixels")
-    if kind not in parameterizations.PARAMETERIZATIONS:
-        raise ValueError(f"unknown attack.parameterization {kind!r}; choose one of {', '.join(parameterizations.PARAMETERIZATIONS)}")
+    if kind not in parameterizations.PARAMETERIZATIONS or kind == "dlg":
+        choices = ", ".join(k for k in parameterizations.PARAMETERIZATIONS if k != "dlg")
+        raise ValueError(f"unknown attack.parameterization {kind!r} for attack.optimizer 'adam'; choose one of {choices}")
     if kind == "pixels":
-        return None, make_optimizer(a.learning_rate, a.iterations, signed=a.signed), None
+        return Optimization(None, make_optimizer(a.learning_rate, a.iterations, signed=a.signed))
     if kind == "gan":
         g = config.get("gan")
         if g is None or not g.get("checkpoint"):
@@ -116,8 +125,8 @@ def parameterization_and_optimizer(config: ml_collections.ConfigDict, info: data
         optimizer = parameterizations.make_gan_optimizer(g.latent_lr, g.generator_lr, latent, a.iterations - latent,
                                                          schedule=step_decay_schedule)
         p = parameterizations.gan(generator, variables, meta["gan"]["latent_dim"], info.normalize)
-        return p, optimizer, {"checkpoint": g.checkpoint, "latent_iterations": latent,
-                              **{k: meta.get(k) for k in ("dataset", "aux_count", "aux_fraction", "epochs")}}
+        return Optimization(p, optimizer, gan_meta={"checkpoint": g.checkpoint, "latent_iterations": latent,
+                                                    **{k: meta.get(k) for k in ("dataset", "aux_count", "aux_fraction", "epochs")}})
     d = config.get("dip")
     if d is None:
         raise ValueError("attack.parameterization='dip' needs a config.dip block (widths, learning_rate, ...)")
@@ -127,14 +136,7 @@ def parameterization_and_optimizer(config: ml_collections.ConfigDict, info: data
                          f"{2 ** len(d.widths)}; {info.name} has {tuple(info.image_shape)}")
     net = dip_lib.make_unet(d.widths, info.image_shape[-1])
     p = parameterizations.dip(net, info.normalize, noise_channels=d.noise_channels, noise_std=d.noise_std)
-    return p, parameterizations.make_dip_optimizer(d.learning_rate, a.iterations, schedule=step_decay_schedule), None
-
-
-def prior_for_grid(config):
-    """The AE prior when any grid setting uses it (as `prior` does for one λ_AS)."""
-    weights = list(config.grid.get("as_weight") or [0.0])
-    probe = ml_collections.ConfigDict({"attack": {"as_weight": max(weights)}, "prior": config.prior})
-    return prior(probe)
+    return Optimization(p, parameterizations.make_dip_optimizer(d.learning_rate, a.iterations, schedule=step_decay_schedule))
 
 
 def prior_auxiliary_indices(config: ml_collections.ConfigDict, num_examples: int) -> np.ndarray:

@@ -1,51 +1,50 @@
-"""Optimization-based gradient inversion (GI-PIP, Inverting Gradients): optimizer and loop.
+"""One optimization-based gradient-inversion attack as pure functions: optimizer and step.
 
-The attack optimizes candidate images x (B, H, W, C) in the victim's normalized space:
-Adam on pixels (optionally on the sign of the gradient, as Inverting Gradients does; GI-PIP's
-released code does not), learning rate x0.1 at 3/8, 5/8 and 7/8 of the iterations, and a
-projection onto the valid box [normalize(0), normalize(1)] after every step.
+The attack optimizes candidate images x (B, H, W, C) in the victim's normalized space, by default
+(GI-PIP, Inverting Gradients) Adam on pixels (optionally on the sign of the gradient, as Inverting
+Gradients does; GI-PIP's released code does not), learning rate x0.1 at 3/8, 5/8 and 7/8 of the
+iterations, and a projection onto the valid box [normalize(0), normalize(1)] after every step.
+DLG / iDLG are the same attack with optax's L-BFGS (`make_lbfgs`, a line search that evaluates
+the objective itself) over the "dlg" parameterization (no box, labels optionally learned).
 
 What is optimized is a *parameterization* (`parameterizations.py`): the pixels by default, or
 e.g. a GAN's latent and weights, or an untrained U-Net's weights; the objective always sees the
 rendered images.
 
 Shape of the code: `make_attack` returns pure `init`/`step` functions over an `AttackState` of
-arrays only; `make_inverter` builds the loop that runs them in jitted `lax.scan` chunks (one
-compile serves every target and restart), reports progress between chunks, and keeps the best
-of several restarts by final matching term (or objective).
+arrays only; the batched engine (`engine.py`) runs them, one attack or thousands, in jitted
+`lax.scan` chunks. There is no other loop.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from gipip_jax.parameterizations import Parameterization, pixels
 
 PyTree = Any
-Objective = Callable[[jax.Array, PyTree, jax.Array], tuple[jax.Array, dict]]
+Objective = Callable[..., tuple[jax.Array, dict]]
 
 # Inverting Gradients' MultiStepLR milestones: iterations // 2.667, // 1.6, // 1.142 (~3/8, 5/8, 7/8).
 MILESTONE_DIVISORS = (2.667, 1.6, 1.142)
-
-
-class AttackDivergedError(FloatingPointError):
-    """The objective became NaN or Inf."""
+OPTIMIZERS = ("adam", "lbfgs")
 
 
 class AttackState(NamedTuple):
     """State of one attack. x: what is optimized, the parameterization's params (for pixels, the
-    (B, H, W, C) normalized images); step: int32 (); loss: float32 ()."""
+    (B, H, W, C) normalized images); step: int32 (); loss: float32 (), the objective at the params
+    before the last update; best: (params, loss) of the lowest objective seen, kept by attacks with
+    a line search (None otherwise)."""
 
-    x: jax.Array
+    x: PyTree
     opt_state: optax.OptState
     step: jax.Array
     loss: jax.Array
+    best: Any = None
 
 
 class Attack(NamedTuple):
@@ -53,29 +52,21 @@ class Attack(NamedTuple):
 
     init(key, shape) -> AttackState, the parameterization's init (pixels: x ~ N(0, 1), the
       reference initialization).
-    step(state, target_grads, labels, weights=None) -> AttackState, one optimizer step + the
-      parameterization's projection (pixels: the box); `weights` (e.g. traced per-attack
-      ObjectiveWeights) is passed to the objective.
-    render(params) -> (B, H, W, C) normalized images of a state's x (default: x itself).
+    step(state, target_grads, labels, terms=None) -> AttackState, one optimizer step + the
+      parameterization's projection (pixels: the box); `terms` (e.g. traced per-attack term
+      settings, see objectives.make_objective) is passed to the objective.
+    result(state) -> the params the attack ends with: its last iterate, or its best one when it
+      keeps the best (`keeps_best`).
+    render(params) -> (B, H, W, C) normalized images of params.
+    labels(params, given) -> the labels the objective sees (learned ones for DLG).
     """
 
     init: Callable[[jax.Array, tuple[int, ...]], AttackState]
     step: Callable[..., AttackState]
-    render: Callable[[PyTree], jax.Array] = lambda x: x
-
-
-class Inversion(NamedTuple):
-    """Result of `invert`: the best restart.
-
-    images01: (B, H, W, C) float32 in [0, 1]; loss: its final objective value;
-    terms: its final objective terms; restart_losses: final objective of every restart.
-    """
-
-    images01: np.ndarray
-    loss: float
-    terms: dict
-    restart: int
-    restart_losses: list
+    result: Callable[[AttackState], PyTree]
+    render: Callable[[PyTree], jax.Array]
+    labels: Callable[[PyTree, jax.Array], jax.Array]
+    keeps_best: bool
 
 
 def step_decay_schedule(learning_rate: float, iterations: int, factor: float = 0.1) -> optax.Schedule:
@@ -91,110 +82,59 @@ def make_optimizer(learning_rate: float, iterations: int, *, signed: bool) -> op
     return optax.chain(optax.scale_by_sign(), adam) if signed else adam
 
 
+def make_lbfgs(memory_size: int = 100, max_linesearch_steps: int = 20) -> optax.GradientTransformationExtraArgs:
+    """optax L-BFGS with its zoom line search (DLG's optimizer; the reference uses PyTorch's L-BFGS,
+    lr 1, no line search, up to 20 inner iterations per step). memory_size 100 is PyTorch's default."""
+    linesearch = optax.scale_by_zoom_linesearch(max_linesearch_steps=max_linesearch_steps,
+                                                initial_guess_strategy="one")
+    return optax.lbfgs(memory_size=memory_size, linesearch=linesearch)
+
+
 def make_attack(objective: Objective, optimizer: optax.GradientTransformation, bounds: tuple | None = None, *,
-                parameterization: Parameterization | None = None) -> Attack:
-    """An attack minimizing `objective(render(params), ...)` with `optimizer` over the params of
-    `parameterization` (default: the pixels, kept in the box bounds = (lo, hi), each (C,))."""
+                parameterization: Parameterization | None = None, line_search: bool = False) -> Attack:
+    """An attack minimizing `objective(render(params), target_grads, labels(params, given), terms)`
+    with `optimizer` over the params of `parameterization` (default: the pixels, kept in the box
+    bounds = (lo, hi), each (C,)).
+
+    line_search: the optimizer follows optax's value_fn protocol (`make_lbfgs`): it is given the
+    objective to evaluate and its state caches the value and gradient. Such an attack keeps the
+    best params seen, since near an exact match float32 L-BFGS can jump away from the minimum.
+    """
     if parameterization is None:
         if bounds is None:
             raise ValueError("make_attack needs the box bounds for pixels, or a parameterization")
         parameterization = pixels(bounds)
-    init_params, render, project = parameterization.init, parameterization.render, parameterization.project
+    p = parameterization
 
     def init(key, shape):
-        x = init_params(key, shape)
-        return AttackState(x, optimizer.init(x), jnp.zeros((), jnp.int32), jnp.full((), jnp.inf, jnp.float32))
+        x = p.init(key, shape)
+        # optax's line-search state starts with weakly typed scalars; strong types keep the carry of
+        # lax.scan fixed, so the step is traced once.
+        opt_state = jax.tree.map(lambda a: jnp.asarray(a, a.dtype), optimizer.init(x))
+        inf = jnp.full((), jnp.inf, jnp.float32)
+        return AttackState(x, opt_state, jnp.zeros((), jnp.int32), inf, (x, inf) if line_search else None)
 
-    def step(state, target_grads, labels, weights=None):
-        objective_args = (target_grads, labels) if weights is None else (target_grads, labels, weights)
-        (loss, _), grad = jax.value_and_grad(lambda p: objective(render(p), *objective_args), has_aux=True)(state.x)
-        updates, opt_state = optimizer.update(grad, state.opt_state, state.x)
-        x = project(optax.apply_updates(state.x, updates))
-        return AttackState(x, opt_state, state.step + 1, loss)
+    def step(state, target_grads, labels, terms=None):
+        extra = () if terms is None else (terms,)
 
-    return Attack(init, step, render)
+        def value_fn(params):
+            return objective(p.render(params), target_grads, p.labels(params, labels), *extra)[0]
 
+        if line_search:
+            loss, grad = optax.value_and_grad_from_state(value_fn)(state.x, state=state.opt_state)
+            updates, opt_state = optimizer.update(grad, state.opt_state, state.x, value=loss, grad=grad,
+                                                  value_fn=value_fn)
+            better = loss < state.best[1]   # False for NaN
+            best = (jax.tree.map(lambda new, old: jnp.where(better, new, old), state.x, state.best[0]),
+                    jnp.where(better, loss, state.best[1]))
+        else:
+            loss, grad = jax.value_and_grad(value_fn)(state.x)
+            updates, opt_state = optimizer.update(grad, state.opt_state, state.x)
+            best = None
+        x = p.project(optax.apply_updates(state.x, updates))
+        return AttackState(x, opt_state, state.step + 1, loss, best)
 
-def make_chunk_runner(attack: Attack, chunk_size: int) -> Callable:
-    """jit(run_chunk)(state, target_grads, labels, total) -> (state, losses (chunk_size,)).
+    def result(state):
+        return state.best[0] if line_search else state.x
 
-    Runs `chunk_size` steps in one `lax.scan`; steps past `total` (a traced int, so one compile
-    serves any iteration count) leave the state unchanged and report NaN loss.
-    """
-
-    def run_chunk(state, target_grads, labels, total):
-        def body(s, _):
-            new = attack.step(s, target_grads, labels)
-            active = s.step < total
-            s = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, s)
-            return s, jnp.where(active, new.loss, jnp.nan)
-
-        return jax.lax.scan(body, state, length=chunk_size)
-
-    return jax.jit(run_chunk)
-
-
-def make_inverter(
-    objective: Objective,
-    optimizer: optax.GradientTransformation,
-    bounds: tuple,
-    denormalize: Callable[[jax.Array], jax.Array],
-    *,
-    iterations: int,
-    restarts: int = 1,
-    chunk_size: int = 100,
-    log: Callable[[str], None] = print,
-    log_every: int | None = None,
-    parameterization: Parameterization | None = None,
-    select: str = "matching",
-) -> Callable[[PyTree, jax.Array, jax.Array, tuple], Inversion]:
-    """Returns invert(target_grads, labels, key, shape) -> Inversion, compiled once for all targets.
-
-    invert runs `restarts` independent attacks one after another from keys split off `key`
-    and keeps the one with the lowest final matching term (`select="matching"`, as the GI-PIP
-    authors rank restarts) or objective (`select="objective"`). shape: (B, H, W, C) of the candidates; labels:
-    int (B,) or soft (B, K). It raises AttackDivergedError when every restart ends with a
-    non-finite objective. `parameterization` replaces the pixels (and `bounds`) as what is optimized.
-    """
-    if iterations < 1 or restarts < 1 or chunk_size < 1:
-        raise ValueError(f"iterations, restarts and chunk_size must be >= 1, got {iterations}, {restarts}, {chunk_size}")
-    if select not in ("matching", "objective"):
-        raise ValueError(f"unknown restart selection {select!r}; choose matching or objective")
-    attack = make_attack(objective, optimizer, bounds, parameterization=parameterization)
-    chunk = make_chunk_runner(attack, min(chunk_size, iterations))
-    final_objective = jax.jit(objective)
-    log_every = log_every or max(iterations // 10, 1)
-
-    def run_one(restart, key, target_grads, labels, shape):
-        state = attack.init(key, shape)
-        start, next_log = time.perf_counter(), log_every
-        while int(state.step) < iterations:
-            state, chunk_losses = chunk(state, target_grads, labels, iterations)
-            done = int(state.step)
-            if not np.isfinite(float(state.loss)):
-                log(f"  restart {restart + 1}/{restarts}: objective became non-finite by step {done}")
-                break
-            if done >= next_log:
-                rate = done / (time.perf_counter() - start)
-                log(f"  restart {restart + 1}/{restarts}  step {done}/{iterations}  "
-                    f"loss {float(np.nanmin(chunk_losses)):.5f}  {rate:.1f} steps/s")
-                next_log = (done // log_every + 1) * log_every
-        x = attack.render(state.x)
-        loss, terms = final_objective(x, target_grads, labels)
-        return float(loss), x, terms
-
-    def invert(target_grads, labels, key, shape):
-        best, losses = None, []
-        for restart, restart_key in enumerate(jax.random.split(key, restarts)):
-            loss, x, terms = run_one(restart, restart_key, target_grads, labels, shape)
-            losses.append(loss)
-            score = float(terms["matching"]) if select == "matching" else loss
-            if np.isfinite(loss) and (best is None or score < best[0]):
-                best = (score, restart, loss, x, terms)
-        if best is None:
-            raise AttackDivergedError(f"the objective became NaN/Inf in all {restarts} restart(s)")
-        _, restart, loss, x, terms = best
-        images01 = np.asarray(jnp.clip(denormalize(x), 0.0, 1.0))
-        return Inversion(images01, loss, {k: float(v) for k, v in terms.items()}, restart, losses)
-
-    return invert
+    return Attack(init, step, result, p.render, p.labels, line_search)

@@ -1,7 +1,7 @@
 """`gipip-jax` command line: thin wrapper that loads a config file and runs a job.
 
-    gipip-jax attack       --config experiments/configs/gipip_cifar10.py:smoke --workdir W
-    gipip-jax study        --config experiments/configs/study_cifar10.py:smoke --workdir W
+    gipip-jax attack       --config experiments/configs/gipip_cifar10.py:smoke --workdir W   (a study, one attack per device)
+    gipip-jax study        --config experiments/configs/study_cifar10.py:smoke --workdir W   (in measured waves)
     gipip-jax train-ae     --config experiments/configs/ae_cifar10.py --workdir W
     gipip-jax train-gan    --config experiments/configs/gan_cifar10.py --workdir W
     gipip-jax train-victim --config experiments/configs/victim_cifar10.py:smoke --workdir W
@@ -102,12 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             return fail(error)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from gipip_jax import checkpoints, client, data, jobs, victims
-    from gipip_jax.attack import AttackDivergedError
 
     # Errors of input (config, data, checkpoints, the file system): one line, exit status 2.
     # Anything else is a bug and keeps its traceback.
     expected = (ConfigError, data.DataError, checkpoints.CheckpointError, victims.ShapeError,
-                client.UpdateMismatchError, AttackDivergedError, ValueError, OSError)
+                client.UpdateMismatchError, ValueError, OSError)
     created = _first_missing(args.workdir)   # removed again if the run fails before writing anything
     try:
         _check_workdir(args.workdir)
@@ -116,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             apply_override(config, assignment)
         from gipip_jax import study, utility
 
-        job = {"attack": jobs.attack, "study": study.run, "train-ae": jobs.train_ae, "train-gan": jobs.train_gan,
+        if args.command == "attack":   # a study run one attack per device
+            config = study.sequential(config)
+        job = {"attack": study.run, "study": study.run, "train-ae": jobs.train_ae, "train-gan": jobs.train_gan,
                "train-victim": jobs.train_victim, "utility": utility.run}[args.command]
         job(config, args.workdir)
     except expected as error:
-        if args.command == "study":   # a lost peer of a multi-process study: exit now, skip JAX's exit barrier
+        if args.command in ("attack", "study"):   # a lost peer of a multi-process study: exit now, skip JAX's exit barrier
             from gipip_jax import distributed
             distributed.exit_if_peer_lost(error)
         if created:

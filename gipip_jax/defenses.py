@@ -1,26 +1,30 @@
-"""Defenses a client applies to what it shares, as optax-style gradient transformations.
+"""Defenses a client applies, as a registry: each `Defense` declares its flat config fields, their
+validation and how it is built, once.
 
-Every transform maps an update tree (the params-shaped FedSGD gradient or FedAvg weight
-difference, float leaves of any shape) to a tree of the same structure; randomness comes from a
-PRNG key held in the transform's state (split at every call), so `init` then `update` is pure and
-the same key gives the same numbers. They compose with `optax.chain`; `make_defense` builds a chain
-from config entries:
+A defense acts either on the shared update (kind "update": an optax `GradientTransformation` on the
+params-shaped FedSGD gradient or FedAvg weight-difference tree, randomness from a PRNG key in its
+state) or inside the client's computation (kind "step": `StepHooks` the client step calls). The
+built-in ones, in registry order (the order update defenses are applied in):
 
-    {"name": "clip", "max_norm": C}                       scale the update to global L2 norm <= C
-    {"name": "gaussian", "std": s}                        add N(0, s^2) to every entry
-    {"name": "laplace", "std": s}                         add Laplace(0, b = s / sqrt(2)) (std s)
-    {"name": "prune", "sparsity": p, "scope": S}          zero the floor(p * n) smallest-|.| entries
-                                                          of each tensor (S = "per_tensor") or of
-                                                          the whole tree (S = "global")
+    clip     clip_norm C                       update scaled to global L2 norm <= C
+    prune    prune_sparsity p, prune_scope S   the floor(p * n) smallest-|.| entries of each tensor
+                                               (S "per_tensor") or of the whole tree (S "global") zeroed
+    noise    noise ("gaussian"|"laplace"),     N(0, s^2) or Laplace(0, s / sqrt(2)) (std s) added to
+             noise_std s                       every entry
+    dp_sgd   dp_clip_norm C,                   every step's gradient: the mean of per-example gradients
+             dp_noise_multiplier z             clipped to norm C, plus N(0, (z C)^2) / B noise
+    dropout  dropout_rate p                    inverted dropout on the victim's last dense layer's input
+    soteria  soteria_pruning p                 the fraction p of that input's features pruned from the
+                                               fc kernel's rows of the shared update
 
-Defenses that need the client's batch (DP-SGD's per-example clipping, dropout in the victim,
-Soteria's representation pruning) are settings of `threat_models.client_update`; their per-batch
-pieces are here (`dp_sgd_gradient`, `soteria_mask`). `specs_from_config` turns the flat config
-fields a study grid sweeps (`DEFENSE_DEFAULTS`) into a chain's entries.
+A config holds the flat fields (`DEFENSE_DEFAULTS`: every field at its "off" value); `parse` checks
+them once and gives the `DefenseSetting` that `threat_models.client_update(..., defense=...)` runs.
+`register` adds a defense (its fields become config and study-grid fields).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -31,24 +35,170 @@ import jax.numpy as jnp
 import optax
 
 PyTree = Any
+KINDS = ("update", "step")
 PRUNE_SCOPES = ("per_tensor", "global")
+NOISES = ("gaussian", "laplace")
+# logits(params, x (B, H, W, C), key) -> (B, K); loss(params, x, labels, key) -> scalar;
+# step_gradient(params, x, labels, key) -> params-shaped tree.
+Forward = Callable[[PyTree, jax.Array, jax.Array], jax.Array]
+Loss = Callable[[PyTree, jax.Array, jax.Array, jax.Array], jax.Array]
+StepGradient = Callable[[PyTree, jax.Array, jax.Array, jax.Array], PyTree]
 
-# Flat, sweepable defense fields of a config and their "off" values. The first four are applied to
-# the shared update by `make_defense(specs_from_config(...))`; the last four are client-step
-# settings of `threat_models.client_update` (see `client_settings_from_config`).
-DEFENSE_DEFAULTS: dict[str, Any] = {
-    "clip_norm": 0.0,            # global-norm clipping of the update; 0: off
-    "prune_sparsity": 0.0,       # fraction of entries zeroed; 0: off
-    "prune_scope": "per_tensor",  # or "global"
-    "noise": "gaussian",         # or "laplace"
-    "noise_std": 0.0,            # std of the additive noise; 0: off
-    "dp_clip_norm": 0.0,         # DP-SGD per-example clipping norm C; 0: no DP-SGD
-    "dp_noise_multiplier": 0.0,  # DP-SGD noise std / C
-    "dropout_rate": 0.0,         # dropout on the victim's classifier input during the client step
-    "soteria_pruning": 0.0,      # Soteria: fraction of fc-layer input features pruned
-}
-CLIENT_DEFENSE_FIELDS = ("dp_clip_norm", "dp_noise_multiplier", "dropout_rate", "soteria_pruning")
 
+class StepHooks(NamedTuple):
+    """Where a step defense changes the client's computation (None: not there).
+
+    forward(victim, variables, logits) -> logits: wraps the victim's eval-mode forward.
+    gradient(loss) -> step_gradient: replaces jax.grad(loss); at most one defense on may set it.
+    shared(tree, victim, variables, x) -> tree: rewrites the client's result (FedSGD gradient or
+      FedAvg difference) before the update defenses; x (B, H, W, C) is the client's batch.
+    """
+
+    forward: Callable[[Any, dict, Forward], Forward] | None = None
+    gradient: Callable[[Loss], StepGradient] | None = None
+    shared: Callable[[PyTree, Any, dict, jax.Array], PyTree] | None = None
+
+
+class Defense(NamedTuple):
+    """One registered defense. An entry is {"name": name, **every field}.
+
+    fields: its flat config fields and their "off" values, in order (disjoint from other defenses').
+    switch: the field that turns it on: the defense is off while it has its "off" value.
+    validate(entry): raises ValueError naming the bad field and its allowed values.
+    build: kind "update": build(entry, key) -> optax.GradientTransformation;
+           kind "step": build(entry) -> StepHooks.
+    """
+
+    name: str
+    kind: str
+    fields: Mapping[str, Any]
+    switch: str
+    validate: Callable[[Mapping], None]
+    build: Callable[..., Any]
+
+    def is_on(self, entry: Mapping) -> bool:
+        return entry[self.switch] != self.fields[self.switch]
+
+
+REGISTRY: dict[str, Defense] = {}
+# Every registered field and its "off" value, in registry order (updated by `register`).
+DEFENSE_DEFAULTS: dict[str, Any] = {}
+
+
+def register(defense: Defense) -> Defense:
+    """Adds `defense` to the registry (after the ones there) and its fields to DEFENSE_DEFAULTS.
+    Register before importing gipip_jax.study for its fields to be study-grid fields."""
+    if defense.name in REGISTRY:
+        raise ValueError(f"a defense named {defense.name!r} is already registered")
+    if defense.kind not in KINDS:
+        raise ValueError(f"defense {defense.name!r}: kind must be one of {KINDS}, got {defense.kind!r}")
+    if defense.switch not in defense.fields:
+        raise ValueError(f"defense {defense.name!r}: switch {defense.switch!r} is not one of its fields")
+    taken = set(defense.fields) & {*DEFENSE_DEFAULTS, "name"}
+    if taken:
+        raise ValueError(f"defense {defense.name!r}: fields {sorted(taken)} are already taken")
+    defense.validate({"name": defense.name, **defense.fields})   # its "off" values must be valid
+    REGISTRY[defense.name] = defense
+    DEFENSE_DEFAULTS.update(defense.fields)
+    return defense
+
+
+def check_number(entry: Mapping, field: str, low: float = 0.0, high: float = math.inf, *,
+                 high_open: bool = False) -> None:
+    """Raises ValueError unless entry[field] is a number (not a bool) in [low, high] ([low, high) if high_open)."""
+    value = entry[field]
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not (number and low <= value and (value < high if high_open else value <= high)):
+        bound = f"[{low:g}, {high:g}{')' if high_open or high == math.inf else ']'}"
+        raise ValueError(f"defense field {field} must be a number in {bound}, got {value!r}")
+
+
+def check_choice(entry: Mapping, field: str, choices: Sequence[str]) -> None:
+    """Raises ValueError unless entry[field] is one of `choices`."""
+    if entry[field] not in choices:
+        raise ValueError(f"defense field {field} must be one of {tuple(choices)}, got {entry[field]!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DefenseSetting:
+    """A checked flat defense config (see `parse`).
+
+    fields: every DEFENSE_DEFAULTS field, the given values over the defaults (the canonical setting).
+    updates: entries of the update defenses that are on, in registry order (clip -> prune -> noise).
+    steps: entries of the step defenses that are on, in registry order.
+    """
+
+    fields: dict
+    updates: tuple[dict, ...]
+    steps: tuple[dict, ...]
+
+    def update_transform(self, key: jax.Array) -> optax.GradientTransformation:
+        """optax.chain of `updates`; entry i gets fold_in(key, i). No updates: the identity."""
+        return _chain(self.updates, key)
+
+    def step_hooks(self) -> tuple[StepHooks, ...]:
+        """The StepHooks of `steps`, in order."""
+        return _step_hooks(self.steps)
+
+
+def _entry(name: str, given: Mapping) -> dict:
+    """{"name": name, **every field of the defense}: `given` (a subset of its fields) over its
+    "off" values, validated."""
+    defense = REGISTRY[name]
+    unknown = set(given) - set(defense.fields)
+    if unknown:
+        raise ValueError(f"defense {name!r} has unknown fields {sorted(unknown)}; it takes {list(defense.fields)}")
+    entry = {"name": name, **defense.fields, **given}
+    defense.validate(entry)
+    return entry
+
+
+def _chain(entries: Sequence[Mapping], key: jax.Array) -> optax.GradientTransformation:
+    transforms = [REGISTRY[e["name"]].build(e, jax.random.fold_in(key, i)) for i, e in enumerate(entries)]
+    return optax.chain(*transforms) if transforms else optax.identity()
+
+
+def _step_hooks(entries: Sequence[Mapping]) -> tuple[StepHooks, ...]:
+    hooks = tuple(REGISTRY[e["name"]].build(e) for e in entries)
+    replacing = [e["name"] for e, h in zip(entries, hooks) if h.gradient is not None]
+    if len(replacing) > 1:
+        raise ValueError(f"defenses {replacing} all replace the client step's gradient; turn on one of them")
+    return hooks
+
+
+def parse(flat: Mapping) -> DefenseSetting:
+    """The DefenseSetting of `flat` (any subset of DEFENSE_DEFAULTS' fields), every field checked
+    by its defense; an unknown field or a bad value raises ValueError."""
+    unknown = set(flat) - set(DEFENSE_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown defense fields {sorted(unknown)}; known: {list(DEFENSE_DEFAULTS)}")
+    entries = [_entry(d.name, {f: flat[f] for f in d.fields if f in flat}) for d in REGISTRY.values()]
+    on = [e for e in entries if REGISTRY[e["name"]].is_on(e)]
+    steps = tuple(e for e in on if REGISTRY[e["name"]].kind == "step")
+    _step_hooks(steps)   # checks that at most one replaces the gradient
+    return DefenseSetting(fields={**DEFENSE_DEFAULTS, **flat},
+                          updates=tuple(e for e in on if REGISTRY[e["name"]].kind == "update"), steps=steps)
+
+
+def make_defense(specs: Sequence[Mapping], key: jax.Array) -> optax.GradientTransformation:
+    """optax.chain of the update defenses `specs` ({"name": ..., some of its fields}; the others
+    at their "off" values), applied in the given order; entries that are off are left out and the
+    i-th one kept gets fold_in(key, i). [] is the identity."""
+    updates, entries = [d.name for d in REGISTRY.values() if d.kind == "update"], []
+    for position, spec in enumerate(specs):
+        if not isinstance(spec, Mapping) or "name" not in spec:
+            raise ValueError(f"defense entry {position} must be a dict with a 'name', got {spec!r}")
+        name = spec["name"]
+        if name in REGISTRY and name not in updates:
+            raise ValueError(f"defense {name!r} acts on the client's step, not on the shared update; "
+                             "give its fields to defenses.parse and the setting to threat_models.client_update")
+        if name not in updates:
+            raise ValueError(f"unknown update defense {name!r}; choose one of {updates}")
+        entries.append(_entry(name, {f: v for f, v in spec.items() if f != "name"}))
+    return _chain([e for e in entries if REGISTRY[e["name"]].is_on(e)], key)
+
+
+# ----- update defenses -----
 
 class KeyState(NamedTuple):
     """State of a random transform: the PRNG key for its next call."""
@@ -113,97 +263,22 @@ def prune(sparsity: float, scope: str = "per_tensor") -> optax.GradientTransform
     return optax.stateless(lambda updates, params=None: prune_updates(updates, sparsity, scope))
 
 
-def _number(entry: Mapping, field: str, low: float, high: float = math.inf, *, high_open: bool = False) -> float:
-    if field not in entry:
-        raise ValueError(f"defense {entry['name']!r} needs the field {field!r} (got {dict(entry)})")
-    value = entry[field]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"defense {entry['name']!r}: {field} must be a number, got {value!r}")
-    value = float(value)
-    if not (low <= value and (value < high if high_open else value <= high)):
-        bound = f"[{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"defense {entry['name']!r}: {field} must be in {bound}, got {value}")
-    return value
+def _check_prune(entry: Mapping) -> None:
+    check_number(entry, "prune_sparsity", 0.0, 1.0, high_open=True)
+    check_choice(entry, "prune_scope", PRUNE_SCOPES)
 
 
-_FIELDS = {"clip": {"max_norm"}, "gaussian": {"std"}, "laplace": {"std"}, "prune": {"sparsity", "scope"}}
-_CLIENT_STEP = {"dp_sgd", "dropout", "soteria"}
+def _check_noise(entry: Mapping) -> None:
+    check_choice(entry, "noise", NOISES)
+    check_number(entry, "noise_std")
 
 
-def make_defense(specs: Sequence[Mapping], key: jax.Array) -> optax.GradientTransformation:
-    """Builds `optax.chain` of the defenses `specs` (dicts with a "name"; see the module docstring),
-    applied in order; each random one gets `fold_in(key, position)`. [] is the identity."""
-    transforms = []
-    for position, entry in enumerate(specs):
-        if not isinstance(entry, Mapping) or "name" not in entry:
-            raise ValueError(f"defense entry {position} must be a dict with a 'name', got {entry!r}")
-        name = entry["name"]
-        if name in _CLIENT_STEP:
-            raise ValueError(f"defense {name!r} acts on the client's batch, not on the shared update; "
-                             "give it to threat_models.client_update instead")
-        if name not in _FIELDS:
-            raise ValueError(f"unknown defense {name!r}; choose one of {sorted(_FIELDS)}")
-        extra = set(entry) - _FIELDS[name] - {"name"}
-        if extra:
-            raise ValueError(f"defense {name!r} has unknown fields {sorted(extra)}; it takes {sorted(_FIELDS[name])}")
-        entry_key = jax.random.fold_in(key, position)
-        if name == "clip":
-            max_norm = _number(entry, "max_norm", 0.0)
-            if max_norm == 0.0:
-                raise ValueError("defense 'clip': max_norm must be > 0")
-            transforms.append(optax.clip_by_global_norm(max_norm))
-        elif name == "gaussian":
-            transforms.append(add_gaussian_noise(_number(entry, "std", 0.0), entry_key))
-        elif name == "laplace":
-            transforms.append(add_laplace_noise(_number(entry, "std", 0.0), entry_key))
-        else:
-            scope = entry.get("scope", "per_tensor")
-            if scope not in PRUNE_SCOPES:
-                raise ValueError(f"defense 'prune': unknown scope {scope!r}; choose one of {PRUNE_SCOPES}")
-            transforms.append(prune(_number(entry, "sparsity", 0.0, 1.0, high_open=True), scope))
-    return optax.chain(*transforms) if transforms else optax.identity()
+def _build_noise(entry: Mapping, key: jax.Array) -> optax.GradientTransformation:
+    noise = add_gaussian_noise if entry["noise"] == "gaussian" else add_laplace_noise
+    return noise(float(entry["noise_std"]), key)
 
 
-def check_defense_config(config: Mapping) -> dict:
-    """`config` (a dict of `DEFENSE_DEFAULTS` fields, any subset) completed with the defaults;
-    an unknown field or a negative value raises ValueError."""
-    unknown = set(config) - set(DEFENSE_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown defense fields {sorted(unknown)}; known: {sorted(DEFENSE_DEFAULTS)}")
-    full = {**DEFENSE_DEFAULTS, **config}
-    for field, value in full.items():
-        if isinstance(DEFENSE_DEFAULTS[field], float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"defense field {field} must be a number >= 0, got {value!r}")
-    if full["noise"] not in ("gaussian", "laplace"):
-        raise ValueError(f"defense field noise must be 'gaussian' or 'laplace', got {full['noise']!r}")
-    for field in ("prune_sparsity", "dropout_rate", "soteria_pruning"):
-        if full[field] >= 1:
-            raise ValueError(f"defense field {field} must be < 1, got {full[field]}")
-    if full["dp_noise_multiplier"] > 0 and full["dp_clip_norm"] == 0:
-        raise ValueError("defense field dp_noise_multiplier > 0 needs dp_clip_norm > 0 (DP-SGD's clipping norm)")
-    return full
-
-
-def specs_from_config(config: Mapping) -> list[dict]:
-    """The update-tree part of a flat defense config, in the fixed order clip -> prune -> noise
-    (fields at their "off" value are left out)."""
-    full = check_defense_config(config)
-    specs = []
-    if full["clip_norm"] > 0:
-        specs.append({"name": "clip", "max_norm": full["clip_norm"]})
-    if full["prune_sparsity"] > 0:
-        specs.append({"name": "prune", "sparsity": full["prune_sparsity"], "scope": full["prune_scope"]})
-    if full["noise_std"] > 0:
-        specs.append({"name": full["noise"], "std": full["noise_std"]})
-    return specs
-
-
-def client_settings_from_config(config: Mapping) -> dict:
-    """The client-step part of a flat defense config: keyword settings of `threat_models.client_update`."""
-    full = check_defense_config(config)
-    return {field: float(full[field]) for field in CLIENT_DEFENSE_FIELDS}
-
+# ----- step defenses -----
 
 def dp_sgd_gradient(per_example_grads: PyTree, key: jax.Array, clip_norm, noise_multiplier) -> PyTree:
     """DP-SGD's noisy mean gradient (Abadi et al. 2016): every per-example gradient is scaled to
@@ -214,6 +289,30 @@ def dp_sgd_gradient(per_example_grads: PyTree, key: jax.Array, clip_norm, noise_
     total = jax.tree.unflatten(jax.tree.structure(per_example_grads), total)
     noise = optax.tree.random_like(key, total, sampler=jax.random.normal)
     return jax.tree.map(lambda t, n: (t + noise_multiplier * clip_norm * n) / batch, total, noise)
+
+
+def _check_dp_sgd(entry: Mapping) -> None:
+    check_number(entry, "dp_clip_norm")
+    check_number(entry, "dp_noise_multiplier")
+    if entry["dp_noise_multiplier"] > 0 and entry["dp_clip_norm"] == 0:
+        raise ValueError("defense field dp_noise_multiplier > 0 needs dp_clip_norm > 0 (DP-SGD's clipping norm)")
+
+
+def _build_dp_sgd(entry: Mapping) -> StepHooks:
+    """The step gradient is `dp_sgd_gradient` of the per-example gradients (example b's loss gets
+    key split(fold_in(key, 0), B)[b], e.g. for dropout; the noise fold_in(key, 1))."""
+    clip_norm, noise_multiplier = float(entry["dp_clip_norm"]), float(entry["dp_noise_multiplier"])
+
+    def gradient(loss: Loss) -> StepGradient:
+        def dp_gradient(params, x, labels, key):
+            example_keys = jax.random.split(jax.random.fold_in(key, 0), x.shape[0])
+            one = lambda xi, yi, ki: jax.grad(loss)(params, xi[None], yi[None], ki)
+            per_example = jax.vmap(one)(x, labels, example_keys)
+            return dp_sgd_gradient(per_example, jax.random.fold_in(key, 1), clip_norm, noise_multiplier)
+
+        return dp_gradient
+
+    return StepHooks(gradient=gradient)
 
 
 class ClassifierInput(NamedTuple):
@@ -237,6 +336,31 @@ def classifier_input(apply: Callable[[], jax.Array]) -> ClassifierInput:
     if not seen:
         raise ValueError("the victim has no dense layer for Soteria to defend")
     return seen[-1]
+
+
+def _build_dropout(entry: Mapping) -> StepHooks:
+    """Inverted dropout of the rate on the input of the victim's last dense layer, a fresh mask
+    from each call's key (the victims have no dropout layers of their own)."""
+    rate = float(entry["dropout_rate"])
+
+    def forward(victim, variables: dict, logits: Forward) -> Forward:
+        dummy = jnp.zeros((1, *victim.image_shape), jnp.float32)
+        path = classifier_input(lambda: victim.apply(variables, dummy)).path
+
+        def dropped(params, x, key):
+            def drop(next_fun, args, kwargs, context):
+                if isinstance(context.module, nn.Dense) and tuple(context.module.path) == path \
+                        and context.method_name == "__call__":
+                    keep = jax.random.bernoulli(key, 1.0 - rate, args[0].shape)
+                    args = (jnp.where(keep, args[0] / (1.0 - rate), 0.0), *args[1:])
+                return next_fun(*args, **kwargs)
+
+            with nn.intercept_methods(drop):
+                return logits(params, x, key)
+
+        return dropped
+
+    return StepHooks(forward=forward)
 
 
 def soteria_mask(victim, variables: dict, x: jax.Array, pruning: float) -> tuple[tuple[str, ...], jax.Array]:
@@ -269,3 +393,25 @@ def apply_soteria(updates: PyTree, path: tuple[str, ...], mask: jax.Array) -> Py
         return {**tree, path[depth]: visit(tree[path[depth]], depth + 1)}
 
     return visit(updates, 0)
+
+
+def _build_soteria(entry: Mapping) -> StepHooks:
+    """The client's result with the fc kernel rows of `soteria_mask` (on its batch, at the initial
+    params) zeroed."""
+    pruning = float(entry["soteria_pruning"])
+    return StepHooks(shared=lambda tree, victim, variables, x: apply_soteria(
+        tree, *soteria_mask(victim, variables, x, pruning)))
+
+
+register(Defense("clip", "update", {"clip_norm": 0.0}, "clip_norm",
+                 lambda entry: check_number(entry, "clip_norm"),
+                 lambda entry, key: optax.clip_by_global_norm(float(entry["clip_norm"]))))
+register(Defense("prune", "update", {"prune_sparsity": 0.0, "prune_scope": "per_tensor"}, "prune_sparsity",
+                 _check_prune, lambda entry, key: prune(float(entry["prune_sparsity"]), entry["prune_scope"])))
+register(Defense("noise", "update", {"noise": "gaussian", "noise_std": 0.0}, "noise_std", _check_noise, _build_noise))
+register(Defense("dp_sgd", "step", {"dp_clip_norm": 0.0, "dp_noise_multiplier": 0.0}, "dp_clip_norm",
+                 _check_dp_sgd, _build_dp_sgd))
+register(Defense("dropout", "step", {"dropout_rate": 0.0}, "dropout_rate",
+                 lambda entry: check_number(entry, "dropout_rate", 0.0, 1.0, high_open=True), _build_dropout))
+register(Defense("soteria", "step", {"soteria_pruning": 0.0}, "soteria_pruning",
+                 lambda entry: check_number(entry, "soteria_pruning", 0.0, 1.0, high_open=True), _build_soteria))

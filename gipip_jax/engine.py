@@ -1,7 +1,7 @@
 """Batched attack engine: many independent attacks as one compiled program, on every device.
 
 A *wave* is `attacks_per_device x num_devices` independent attacks run together. Every per-attack
-value (target update, labels, objective weights, PRNG key, optimizer state) has a leading attack
+value (target update, labels, objective term settings, PRNG key, optimizer state) has a leading attack
 axis, sharded over a 1-D device mesh with axis name "attacks" (`jax.shard_map`: what `pmap` is
 built on today); the victim and AE parameters are closed over and shared, never copied per attack.
 Inside a device, the attacks of its block run by one of three strategies:
@@ -20,8 +20,10 @@ keeps the highest attack-steps/s. Each program is compiled once, ahead of time (
 .compile()`), and serves every chunk and wave of its shape: a compiled program cannot retrace.
 
 An attack whose objective or image becomes NaN/Inf restarts from a fresh key (fold_in(key, try))
-up to `max_tries` times, then is marked failed; its neighbours are unaffected (all updates are
-per attack, selected with `jnp.where`).
+up to `max_tries` times, then is marked failed; an attack that keeps its best iterate (L-BFGS) and
+has a finite one ends there instead. Neighbours are unaffected (all updates are per attack,
+selected with `jnp.where`). One attack on one device ("unroll" x 1) is the sequential loop: the
+`attack` command is a study of its targets run that way.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gipip_jax.attack import AttackState, make_attack
-from gipip_jax.objectives import ObjectiveWeights, term_weight
+from gipip_jax.objectives import term_weight
 from gipip_jax.parameterizations import Parameterization
 
 PyTree = Any
@@ -55,23 +57,25 @@ class AttackInputs(NamedTuple):
 
     target_grads: the shared update tree, leaves (N, *param shape) float32.
     labels: int32 (N, B) or soft float32 (N, B, K).
-    weights: ObjectiveWeights whose fields are float32 (N,).
+    terms: the objective's term settings {name: {"weight": (N,), option: (N,)}} float32.
     keys: uint32 (N, 2) raw PRNG key data (`jax.random.key_data`); try t starts from fold_in(key, t).
     """
 
     target_grads: PyTree
     labels: Any
-    weights: ObjectiveWeights
+    terms: dict
     keys: Any
 
 
 class WaveState(NamedTuple):
     """State of a wave: attack (AttackState, leaves (N, ...)); tries int32 (N,), restarts after
-    a NaN/Inf; failed bool (N,), gave up after max_tries restarts."""
+    a NaN/Inf; failed bool (N,), gave up after max_tries restarts; ended bool (N,), stopped at its
+    best iterate by a NaN/Inf step (attacks that keep their best)."""
 
     attack: AttackState
     tries: jax.Array
     failed: jax.Array
+    ended: jax.Array
 
 
 class Plan(NamedTuple):
@@ -88,11 +92,13 @@ class Plan(NamedTuple):
 
 class WaveResult(NamedTuple):
     """Host results of a finished wave: loss (N,), terms {name: (N,)}, images01 (N, B, H, W, C) in
-    [0, 1], steps (N,), tries (N,), failed (N,) bool."""
+    [0, 1], labels int (N, B) (the argmax of the labels the objective saw: learned ones for DLG),
+    steps (N,), tries (N,), failed (N,) bool."""
 
     loss: np.ndarray
     terms: dict
     images01: np.ndarray
+    labels: np.ndarray
     steps: np.ndarray
     tries: np.ndarray
     failed: np.ndarray
@@ -146,13 +152,23 @@ def _per_attack(fn: Callable, strategy: str) -> Callable:
     return mapped
 
 
-def per_attack_weights(count: int, **values) -> ObjectiveWeights:
-    """ObjectiveWeights whose every field is float32 (count,): `values` (scalars or sequences), else 0."""
-    unknown = set(values) - set(ObjectiveWeights._fields)
-    if unknown:
-        raise ValueError(f"unknown objective weights {sorted(unknown)}; fields: {ObjectiveWeights._fields}")
-    return ObjectiveWeights(*(np.broadcast_to(np.asarray(values.get(f, 0.0), np.float32), (count,)).copy()
-                              for f in ObjectiveWeights._fields))
+def per_attack_terms(settings: list[dict]) -> dict:
+    """The term settings of N attacks ({name: {"weight": w, ...}} each, same names) stacked into one
+    pytree of float32 (N,) leaves."""
+    return jax.tree.map(lambda *values: np.asarray(values, np.float32), *settings)
+
+
+def attack_inputs(target_grads, labels, terms: dict, key) -> AttackInputs:
+    """Host AttackInputs of ONE attack (N = 1): its target update tree, labels (B,) or (B, K), term
+    settings {name: {"weight": w, ...}} and PRNG key. Several: jax.tree.map(lambda *a: np.concatenate(a), *list_of_inputs)."""
+    return AttackInputs(jax.tree.map(lambda g: np.asarray(g)[None], target_grads), np.asarray(labels)[None],
+                        per_attack_terms([terms]), np.asarray(jax.random.key_data(key))[None])
+
+
+def default_strategy(backend: str | None = None) -> str:
+    """The strategy for one attack per device: patch-grad convolutions on the CPU (where they are the
+    fast ones; a single attack is never vmapped), native ones elsewhere."""
+    return "vmap_patches" if (backend or jax.default_backend()) == "cpu" else "vmap"
 
 
 def wave_inputs(inputs: AttackInputs, indices) -> AttackInputs:
@@ -164,7 +180,7 @@ def wave_inputs(inputs: AttackInputs, indices) -> AttackInputs:
 class Engine:
     """Runs waves of independent attacks sharing one objective form, optimizer and image shape.
 
-    build_objective(conv) -> objective(x, target_grads, labels, weights) -> (loss, terms), with the
+    build_objective(conv) -> objective(x, target_grads, labels, terms) -> (loss, terms), with the
     victim built with convolution implementation `conv` ("native" or "patch_grad").
     shape: (B, H, W, C) of one attack's candidate images; bounds: (lo, hi) box, each (C,);
     denormalize maps normalized images to [0, 1] units. parameterization (default: the pixels in
@@ -174,11 +190,11 @@ class Engine:
 
     def __init__(self, build_objective: Callable[[str], Callable], optimizer, bounds, denormalize, *,
                  shape: tuple, chunk_size: int = 100, max_tries: int = 2, mesh: Mesh | None = None,
-                 parameterization: Parameterization | None = None):
+                 parameterization: Parameterization | None = None, line_search: bool = False):
         if chunk_size < 1 or max_tries < 0:
             raise ValueError(f"chunk_size must be >= 1 and max_tries >= 0, got {chunk_size}, {max_tries}")
         self.build_objective, self.optimizer, self.bounds = build_objective, optimizer, bounds
-        self.parameterization = parameterization
+        self.parameterization, self.line_search = parameterization, line_search
         self.denormalize, self.shape = denormalize, tuple(shape)
         self.chunk_size, self.max_tries = chunk_size, max_tries
         self.mesh = mesh or make_mesh()
@@ -192,7 +208,8 @@ class Engine:
 
     def _attack_functions(self, strategy: str):
         objective = self.build_objective(CONV_OF_STRATEGY[strategy])
-        attack = make_attack(objective, self.optimizer, self.bounds, parameterization=self.parameterization)
+        attack = make_attack(objective, self.optimizer, self.bounds, parameterization=self.parameterization,
+                             line_search=self.line_search)
         shape, max_tries = self.shape, self.max_tries
 
         def fresh(key_data, tries):
@@ -200,30 +217,34 @@ class Engine:
             return attack.init(key, shape)
 
         def init_one(inp: AttackInputs) -> WaveState:
-            return WaveState(fresh(inp.keys, 0), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+            no = jnp.zeros((), bool)
+            return WaveState(fresh(inp.keys, 0), jnp.zeros((), jnp.int32), no, no)
 
         def step_one(s: WaveState, inp: AttackInputs, total) -> WaveState:
-            new = attack.step(s.attack, inp.target_grads, inp.labels, inp.weights)
+            new = attack.step(s.attack, inp.target_grads, inp.labels, inp.terms)
             bad = ~jnp.isfinite(new.loss) | ~_all_finite(new.x)
-            retry = bad & (s.tries < max_tries)
+            end = bad & jnp.isfinite(s.attack.best[1]) if attack.keeps_best else jnp.zeros((), bool)
+            retry = bad & ~end & (s.tries < max_tries)
             restarted = _tree_where(retry, fresh(inp.keys, s.tries + 1), s.attack)
             nxt = WaveState(_tree_where(bad, restarted, new), s.tries + retry.astype(jnp.int32),
-                            s.failed | (bad & ~retry))
-            return _tree_where((s.attack.step < total) & ~s.failed, nxt, s)
+                            s.failed | (bad & ~retry & ~end), s.ended | end)
+            return _tree_where((s.attack.step < total) & ~s.failed & ~s.ended, nxt, s)
 
         def evaluate_one(s: WaveState, inp: AttackInputs):
-            x = attack.render(s.attack.x)
-            loss, terms = objective(x, inp.target_grads, inp.labels, inp.weights)
-            return loss, terms, jnp.clip(self.denormalize(x), 0.0, 1.0)
+            params = attack.result(s.attack)
+            x, labels = attack.render(params), attack.labels(params, inp.labels)
+            loss, terms = objective(x, inp.target_grads, labels, inp.terms)
+            hard = jnp.argmax(labels, axis=-1) if labels.ndim == 2 else labels
+            return loss, terms, jnp.clip(self.denormalize(x), 0.0, 1.0), hard.astype(jnp.int32)
 
         def diagnose_one(s: WaveState, inp: AttackInputs):
-            terms, pullback = jax.vjp(
-                lambda p: objective(attack.render(p), inp.target_grads, inp.labels, inp.weights)[1], s.attack.x)
+            terms, pullback = jax.vjp(lambda p: objective(attack.render(p), inp.target_grads,
+                                                          attack.labels(p, inp.labels), inp.terms)[1], s.attack.x)
             norms = {}
             for name in terms:
-                cotangent = {n: jnp.where(n == name, term_weight(inp.weights, n), 0.0).astype(v.dtype)
+                cotangent = {n: jnp.where(n == name, term_weight(inp.terms, n), 0.0).astype(v.dtype)
                              for n, v in terms.items()}
-                norms[name] = optax.global_norm(pullback(cotangent)[0])
+                norms[name] = optax.tree.norm(pullback(cotangent)[0])
             return terms, norms, jnp.clip(self.denormalize(attack.render(s.attack.x)), 0.0, 1.0)
 
         return init_one, step_one, evaluate_one, diagnose_one
@@ -248,7 +269,7 @@ class Engine:
             step_all = _per_attack(lambda s, i: step_one(s, i, total), strategy)
 
             def body(s, _):
-                busy = jnp.any((s.attack.step < total) & ~s.failed)
+                busy = jnp.any((s.attack.step < total) & ~s.failed & ~s.ended)
                 return jax.lax.cond(busy, lambda v: step_all(v, inputs), lambda v: v, s), None
 
             return jax.lax.scan(body, state, length=chunk_size)[0]
@@ -309,9 +330,19 @@ class Engine:
             state = program.chunk(state, device_inputs, total)
             if on_chunk is not None:
                 on_chunk(state)
-        loss, terms, images01 = program.evaluate(state, device_inputs)
-        host = to_host((loss, terms, images01, state.attack.step, state.tries, state.failed))
+        loss, terms, images01, labels = program.evaluate(state, device_inputs)
+        host = to_host((loss, terms, images01, labels, state.attack.step, state.tries, state.failed))
         return state, WaveResult(*host)
+
+    def run(self, inputs: AttackInputs, iterations: int) -> WaveResult:
+        """The N attacks of host `inputs` as one wave, N / num_devices per device by
+        `default_strategy`: the library's way to run a few attacks (studies add waves, checkpoints
+        and records)."""
+        count = len(np.asarray(inputs.keys))
+        if count % self.num_devices:
+            raise ValueError(f"{count} attacks do not split evenly over {self.num_devices} devices")
+        program = self.program(Plan(default_strategy(), count // self.num_devices, self.num_devices), inputs)
+        return self.run_wave(program, inputs, iterations)[1]
 
     def choose_plan(self, example: AttackInputs, num_attacks: int, *, strategy: str = "auto",
                     attacks_per_device: int = 0, probe_steps: int = 2,
@@ -391,9 +422,9 @@ def _doublings(limit: int) -> list[int]:
 
 
 def wave_finished(state: WaveState, iterations: int) -> bool:
-    """Every attack of the wave has run `iterations` steps or failed."""
-    steps, failed = to_host((state.attack.step, state.failed))
-    return bool(np.all((steps >= iterations) | failed))
+    """Every attack of the wave has run `iterations` steps, failed or ended at its best."""
+    steps, failed, ended = to_host((state.attack.step, state.failed, state.ended))
+    return bool(np.all((steps >= iterations) | failed | ended))
 
 
 def to_host(tree):

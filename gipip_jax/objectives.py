@@ -1,19 +1,23 @@
-"""Terms of a gradient-inversion objective, each a small pure function.
+"""The objective of a gradient-inversion attack: gradient matching plus named, weighted terms.
 
 Images are NHWC. `x` is in the victim's normalized space; `x01` is in [0, 1].
-`make_objective` assembles GI-PIP's objective
+`make_objective` assembles e.g. GI-PIP's objective
 
     1 - cos(g(x), g*)  +  λ_TV · TV(x)  +  λ_AS · | MSE(x01, AE(x01)) - c |,   x01 = clamp(denorm(x), 0, 1) (torch.clamp's gradient)
 
-with ONE cosine over all layers' gradients concatenated (as the authors' code does). A term
-whose weight is 0 is not computed at all, so Inverting Gradients is GI-PIP with λ_AS = 0.
-Optionally  + λ_BN · BN(x), the GradInversion / DeepInversion prior (`bn_statistics_loss`),
-usable with any matching and optimizer, and + λ_feat · feature matching (`features.py`, seed
-002's term: the classification layer's input recovered from the update).
+with ONE cosine over all layers' gradients concatenated (as the authors' code does). The terms
+beside matching are a registry (`TERMS`, `register_term`): each declares its name, the config field
+of its weight and of any per-attack option, and a builder. An objective is built with the terms the
+config switches on and takes their settings as a pytree {name: {"weight": w, **options}}, so
+Inverting Gradients is GI-PIP without the "anomaly" term. Registered: "tv"; "anomaly" (GI-PIP's
+AS, option offset c); "bn_stats" (the GradInversion / DeepInversion BN prior,
+`bn_statistics_loss`); "features" (feature matching against the classification layer's input
+recovered from the update, `features.py`). A new term is one module calling `register_term`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -104,28 +108,91 @@ def bn_statistics_loss(victim: Victim, variables: dict) -> Callable[[jax.Array],
     return bn
 
 
-class ObjectiveWeights(NamedTuple):
-    """Weights of the optional terms (0 switches a term off) and the AS offset c.
+class TermContext(NamedTuple):
+    """What a term's builder may use: the attacked victim and its variables, the dataset's info,
+    and the AE prior's forward pass `reconstruct` ([0, 1] images -> [0, 1] images, or None)."""
 
-    tv: λ_TV; anomaly: λ_AS; anomaly_offset: c; bn_stats: λ_BN (BN-statistics prior, needs a
-    victim with BatchNorm); features: λ_feat (feature matching against the classification layer's
-    input recovered from the update, `features.py`).
+    victim: Victim
+    variables: dict
+    info: DatasetInfo
+    reconstruct: Callable[[jax.Array], jax.Array] | None
 
-    Python floats when building an objective; per-call values may be traced scalars, so a
-    batched study gives every attack its own weights without recompiling.
+
+class Term(NamedTuple):
+    """A weighted term of the objective.
+
+    name: its key in the objective's settings pytree, in the terms it returns and in records' `terms`;
+    weight_field: the config field holding its weight (`attack.<field>`, or `grid.<field>` in a study);
+    build(context) -> value(x, target_grads, labels, **options) -> scalar float32, x (B, H, W, C)
+      normalized candidates; options: {option: config field} of per-attack values besides the weight
+      (the anomaly score's offset c: {"offset": "as_offset"}).
     """
 
-    tv: Any = 0.0
-    anomaly: Any = 0.0
-    anomaly_offset: Any = 0.0
-    bn_stats: Any = 0.0
-    features: Any = 0.0
+    name: str
+    weight_field: str
+    build: Callable[[TermContext], Callable[..., jax.Array]]
+    options: dict = {}
 
 
-def term_weight(weights: ObjectiveWeights, name: str):
-    """The weight multiplying term `name` of an objective's terms dict: 1 for "matching", else the
-    ObjectiveWeights field of the same name (tv, anomaly, bn_stats, features)."""
-    return 1.0 if name == "matching" else getattr(weights, name)
+TERMS: dict[str, Term] = {}
+
+
+def register_term(term: Term) -> Term:
+    """Adds a term to the vocabulary of objectives and configs (its name and fields must be new)."""
+    used = {t.weight_field for t in TERMS.values()} | {f for t in TERMS.values() for f in t.options.values()}
+    if term.name in TERMS or term.name == "matching" or term.weight_field in used or used & set(term.options.values()):
+        raise ValueError(f"objective term {term.name!r} or one of its config fields is already registered")
+    TERMS[term.name] = term
+    return term
+
+
+def _anomaly(context: TermContext):
+    if context.reconstruct is None:
+        raise ValueError("the anomaly-score term is in the objective but no autoencoder was given (prior.checkpoint)")
+
+    def value(x, target_grads, labels, offset):
+        return anomaly_score(clamp01(context.info.denormalize(x)), context.reconstruct, offset)
+
+    return value
+
+
+def _tv(context: TermContext):
+    return lambda x, target_grads, labels: total_variation(x)
+
+
+def _bn_stats(context: TermContext):
+    bn = bn_statistics_loss(context.victim, context.variables)
+    return lambda x, target_grads, labels: bn(x)
+
+
+def _features(context: TermContext):
+    return feature_matching_loss(context.victim, context.variables, context.info.num_classes)
+
+
+register_term(Term("tv", "tv_weight", _tv))
+register_term(Term("anomaly", "as_weight", _anomaly, {"offset": "as_offset"}))
+register_term(Term("bn_stats", "bn_weight", _bn_stats))
+register_term(Term("features", "feature_weight", _features))
+
+
+def term_settings(setting: Mapping[str, Any], names) -> dict:
+    """The objective settings {name: {"weight": w, option: value}} of terms `names`, read from a flat
+    setting of config fields (e.g. {"tv_weight": 1e-6, "as_weight": 1e-4, "as_offset": 0.001})."""
+    return {name: {"weight": setting.get(TERMS[name].weight_field, 0.0),
+                   **{option: setting[field] for option, field in TERMS[name].options.items()}}
+            for name in names}
+
+
+def terms_in_use(settings) -> list[str]:
+    """The terms an objective needs for flat settings `settings` (one per attack): those whose weight
+    is > 0 in at least one of them, in registration order."""
+    settings = list(settings)
+    return [name for name, term in TERMS.items() if any((s.get(term.weight_field) or 0.0) > 0 for s in settings)]
+
+
+def term_weight(settings: Mapping, name: str):
+    """The weight multiplying term `name` of an objective's terms dict: 1 for "matching"."""
+    return 1.0 if name == "matching" else settings[name]["weight"]
 
 
 def make_objective(
@@ -134,50 +201,42 @@ def make_objective(
     info: DatasetInfo,
     *,
     matching: str = "cosine",
-    weights: ObjectiveWeights = ObjectiveWeights(),
+    terms: Mapping[str, Mapping] | None = None,
     reconstruct: Callable[[jax.Array], jax.Array] | None = None,
     update_fn: Callable[[PyTree, jax.Array, jax.Array], PyTree] | None = None,
 ) -> Callable[..., tuple[jax.Array, dict]]:
-    """Returns objective(x, target_grads, labels, weights=None) -> (loss, {term name: value}).
+    """Returns objective(x, target_grads, labels, terms=None) -> (loss, {term name: value}).
 
-    x: (B, H, W, C) normalized candidate images; target_grads: the shared update tree;
-    labels: int (B,) or soft (B, K). `weights` given here are the defaults and decide which terms
-    exist (a term is built only when its weight here is > 0); a per-call `weights` replaces their
-    values (e.g. traced per-attack values; a term off here stays off). `reconstruct` (the AE
-    prior's forward pass on [0,1] images) is required when weights.anomaly > 0. `update_fn(params,
-    x, labels)` is what the attacker simulates the client sharing; default: the FedSGD gradient of
-    the mean CE loss.
+    loss = matching + sum over `terms` of weight * value. x: (B, H, W, C) normalized candidate
+    images; target_grads: the shared update tree; labels: int (B,) or soft (B, K). `terms`
+    ({name: {"weight": w, **options}}, names from TERMS) decides which terms exist and gives their
+    default settings; a per-call `terms` of the same names replaces the values (e.g. traced
+    per-attack values, so one compiled program serves every weight). `reconstruct` (the AE prior's
+    forward pass on [0, 1] images) is needed by "anomaly". `update_fn(params, x, labels)` is what
+    the attacker simulates the client sharing; default: the FedSGD gradient of the mean CE loss.
     """
     if matching not in MATCHING:
         raise ValueError(f"unknown gradient matching {matching!r}; choose one of {MATCHING}")
-    if weights.anomaly > 0 and reconstruct is None:
-        raise ValueError("the anomaly-score term has a weight > 0 but no autoencoder was given")
+    defaults = dict(terms or {})
+    unknown = set(defaults) - set(TERMS)
+    if unknown:
+        raise ValueError(f"unknown objective term(s) {sorted(unknown)}; registered: {sorted(TERMS)}")
     distance = gradient_cosine_distance if matching == "cosine" else gradient_l2_distance
     update_fn = update_fn or jax.grad(make_loss_fn(victim, variables))
     params = variables["params"]
-    use_tv, use_anomaly, use_bn = weights.tv > 0, weights.anomaly > 0, weights.bn_stats > 0
-    bn = bn_statistics_loss(victim, variables) if use_bn else None
-    use_features = weights.features > 0
-    feat = feature_matching_loss(victim, variables, info.num_classes) if use_features else None
-    defaults = weights
+    context = TermContext(victim, variables, info, reconstruct)
+    values = {name: TERMS[name].build(context) for name in TERMS if name in defaults}
 
-    def objective(x, target_grads, labels, weights=None):
-        w = defaults if weights is None else weights
-        terms = {"matching": distance(update_fn(params, x, labels), target_grads)}
-        loss = terms["matching"]
-        if use_tv:
-            terms["tv"] = total_variation(x)
-            loss = loss + w.tv * terms["tv"]
-        if use_anomaly:
-            x01 = clamp01(info.denormalize(x))
-            terms["anomaly"] = anomaly_score(x01, reconstruct, w.anomaly_offset)
-            loss = loss + w.anomaly * terms["anomaly"]
-        if use_bn:
-            terms["bn_stats"] = bn(x)
-            loss = loss + w.bn_stats * terms["bn_stats"]
-        if use_features:
-            terms["features"] = feat(x, target_grads, labels)
-            loss = loss + w.features * terms["features"]
-        return loss, terms
+    def objective(x, target_grads, labels, terms=None):
+        settings = defaults if terms is None else terms
+        if set(settings) != set(values):
+            raise ValueError(f"the objective was built with terms {sorted(values)}; got settings for {sorted(settings)}")
+        found = {"matching": distance(update_fn(params, x, labels), target_grads)}
+        loss = found["matching"]
+        for name, value in values.items():
+            options = {k: v for k, v in settings[name].items() if k != "weight"}
+            found[name] = value(x, target_grads, labels, **options)
+            loss = loss + settings[name]["weight"] * found[name]
+        return loss, found
 
     return objective

@@ -9,7 +9,9 @@ space, so one attack loop (`attack.make_attack`, the batched `engine.Engine`) se
   weights}; render = normalize((G(z) + 1) / 2); phase 1 moves z, phase 2 the generator's weights
   (`make_gan_optimizer`);
 - "dip":    a deep image prior: params {"net": an untrained U-Net's weights, "noise": its fixed
-  input}; render = normalize(sigmoid(U-Net(noise))); only the weights move (`make_dip_optimizer`).
+  input}; render = normalize(sigmoid(U-Net(noise))); only the weights move (`make_dip_optimizer`);
+- "dlg":    DLG / iDLG: params {"x": images, no box} plus {"label_logits": (B, K)} when the labels
+  are learned jointly (the objective then sees softmax(label_logits) as the labels).
 
 Shape of the code: `Parameterization(init, render, project)` of pure functions, as optax's
 transformations; the optimizer that goes with a parameterization is a plain optax
@@ -25,18 +27,21 @@ import jax.numpy as jnp
 import optax
 
 PyTree = Any
-PARAMETERIZATIONS = ("pixels", "gan", "dip")
+PARAMETERIZATIONS = ("pixels", "gan", "dip", "dlg")
 
 
 class Parameterization(NamedTuple):
     """init(key, shape) -> params, for images of shape (B, H, W, C);
     render(params) -> x (B, H, W, C) in the victim's normalized space;
-    project(params) -> params after every optimizer step (the box projection for pixels)."""
+    project(params) -> params after every optimizer step (the box projection for pixels);
+    labels(params, given) -> the labels the objective sees: the given ones (int (B,) or soft (B, K)),
+    or learned ones (soft (B, K)) when the params hold them."""
 
     name: str
     init: Callable[[jax.Array, tuple], PyTree]
     render: Callable[[PyTree], jax.Array]
     project: Callable[[PyTree], PyTree]
+    labels: Callable[[PyTree, jax.Array], jax.Array] = lambda params, given: given
 
 
 def pixels(bounds: tuple) -> Parameterization:
@@ -88,6 +93,24 @@ def dip(net, normalize: Callable[[jax.Array], jax.Array], *, noise_channels: int
         return normalize(jax.nn.sigmoid(net.apply({"params": params["net"]}, params["noise"])))
 
     return Parameterization("dip", init, render, lambda p: p)
+
+
+def dlg(num_classes: int, *, learn_labels: bool) -> Parameterization:
+    """DLG's dummy data: x ~ N(0, 1) (B, H, W, C) in the victim's input space with no box, and, when
+    `learn_labels`, label logits ~ N(0, 1) (B, num_classes) whose softmax is the label (iDLG: the
+    labels are given, read off the update, and only x moves)."""
+
+    def init(key, shape):
+        key_x, key_y = jax.random.split(key)
+        params = {"x": jax.random.normal(key_x, shape, jnp.float32)}
+        if learn_labels:
+            params["label_logits"] = jax.random.normal(key_y, (shape[0], num_classes), jnp.float32)
+        return params
+
+    def labels(params, given):
+        return jax.nn.softmax(params["label_logits"], axis=-1) if learn_labels else given
+
+    return Parameterization("dlg", init, lambda p: p["x"], lambda p: p, labels)
 
 
 def phase(inner: optax.GradientTransformation, start: int, stop: int) -> optax.GradientTransformation:

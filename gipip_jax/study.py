@@ -48,18 +48,41 @@ from gipip_jax import (assembly, data, defenses, engine, metrics, report_plots, 
                        summarize, threat_models)
 from gipip_jax import labels as label_lib
 from gipip_jax.client import check_update_matches
-from gipip_jax.objectives import ObjectiveWeights, make_objective
+from gipip_jax.objectives import TERMS, make_objective, term_settings, terms_in_use
 from gipip_jax.victims import make_victim
 
-WEIGHT_FIELDS = ("tv_weight", "as_weight", "as_offset", "bn_weight", "feature_weight")
-GRID_FIELDS = WEIGHT_FIELDS + tuple(defenses.DEFENSE_DEFAULTS)
+# the objective terms' config fields (weights, then options such as the AS offset c: None = the AE's own c)
+TERM_DEFAULTS = {field: default for term in TERMS.values()
+                 for field, default in ((term.weight_field, 0.0), *((f, None) for f in term.options.values()))}
+GRID_FIELDS = tuple(TERM_DEFAULTS) + tuple(defenses.DEFENSE_DEFAULTS)
 # How the restart kept per target is chosen: the matching term alone (the authors' ranking) or the full objective.
 RESTART_SELECTIONS = ("matching", "objective")
 TRACE_POINTS = 20   # diagnostics per attack (record["trace"]), at chunk boundaries
 TRACE_FILE = "trace.json"
 GRID_COLUMNS = 16   # images per row of W/grid.png (the first target batches)
-GRID_DEFAULTS = {"tv_weight": 0.0, "as_weight": 0.0, "as_offset": None, "bn_weight": 0.0, "feature_weight": 0.0,
-                 **defenses.DEFENSE_DEFAULTS}
+GRID_DEFAULTS = {**TERM_DEFAULTS, **defenses.DEFENSE_DEFAULTS}
+LABEL_SOURCES = ("given", "dlg", *label_lib.STRATEGIES)   # "dlg": learned jointly with the image (attack.optimizer lbfgs)
+THREAT_DEFAULTS = threat_models.THREAT_DEFAULTS
+# engine.strategy "auto" and attacks_per_device 0: measured by Engine.choose_plan; distributed: see distributed.py
+ENGINE_DEFAULTS = {"strategy": "auto", "attacks_per_device": 0, "chunk_size": 50, "checkpoint_every": 200,
+                   "distributed": False, "coordinator": "", "num_processes": 0, "process_id": -1}
+
+
+def default_grid(**values) -> dict:
+    """A config's grid: every GRID_FIELDS entry, `values` (lists) where given, else [its default]."""
+    unknown = set(values) - set(GRID_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown grid field(s) {sorted(unknown)}; a study grid varies {GRID_FIELDS}")
+    return {field: list(values.get(field, [GRID_DEFAULTS[field]])) for field in GRID_FIELDS}
+
+
+def sequential(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config run one attack per device, no plan probing (the `attack` command), with the
+    backend's fast convolutions for one attack (`engine.default_strategy`)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.engine.strategy = engine.default_strategy()
+    config.engine.attacks_per_device = 1
+    return config
 
 
 def expand(config: ml_collections.ConfigDict, labels: np.ndarray, as_offset: float, exclude=()) -> list[dict]:
@@ -77,13 +100,19 @@ def expand(config: ml_collections.ConfigDict, labels: np.ndarray, as_offset: flo
     values = [list(config.grid.get(f) or [GRID_DEFAULTS[f]]) for f in GRID_FIELDS]
     settings = [dict(zip(GRID_FIELDS, combo)) for combo in itertools.product(*values)]
     for s in settings:
-        defenses.check_defense_config(defense_of(s))
+        defenses.parse(defense_of(s))
         s["as_offset"] = as_offset if s["as_offset"] is None else float(s["as_offset"])
         if s["as_weight"] > 0 and as_offset is None:
             raise ValueError("grid.as_weight > 0 needs the AE prior (prior.checkpoint)")
     restarts = int(config.attack.restarts)
     attacks = []
-    batches = data.unique_label_batches(labels, config.targets.starts, config.targets.batch_size, exclude=exclude)
+    size = config.targets.batch_size
+    if config.targets.get("unique_labels", True):
+        batches = data.unique_label_batches(labels, config.targets.starts, size, exclude=exclude)
+    else:   # consecutive images from each start: labels as they come, repeats possible
+        if max(config.targets.starts) + size > len(labels):
+            raise ValueError(f"targets.starts reach past the {len(labels)} images of the split")
+        batches = [np.arange(int(start), int(start) + size) for start in config.targets.starts]
     for target, indices in enumerate(batches):
         keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), int(indices[0])), restarts)
         for setting in settings:
@@ -96,6 +125,8 @@ def expand(config: ml_collections.ConfigDict, labels: np.ndarray, as_offset: flo
 
 def attack_name(config: ml_collections.ConfigDict, setting: dict) -> str:
     kind = config.attack.get("parameterization", "pixels")
+    if config.attack.get("optimizer", "adam") == "lbfgs":
+        return f"{config.name}:{'dlg' if config.attack.get('labels') == 'dlg' else 'idlg'}"
     if kind != "pixels":
         return f"{config.name}:{kind}{'+as' if setting['as_weight'] > 0 else ''}"
     return f"{config.name}:{'gipip' if setting['as_weight'] > 0 else 'ig'}"
@@ -121,35 +152,35 @@ class Study:
         self.target_set = assembly.load_dataset(config.data, config.data.split)
         info = self.info = self.target_set.info
         self.victim, self.variables, self.victim_meta = assembly.victim_and_variables(config, info)
-        reconstruct, offset, self.prior_meta = assembly.prior_for_grid(config)
+        reconstruct, offset, self.prior_meta = assembly.prior(config)
         self.excluded = assembly.prior_auxiliary_indices(config, len(self.target_set.labels))
         if len(self.excluded):
             log(f"targets skip the {len(self.excluded)} auxiliary images the AE prior was trained on")
         self.attacks = expand(config, self.target_set.labels, offset if reconstruct else None, self.excluded)
-        settings = [a["setting"] for a in self.attacks]
-        build_weights = ObjectiveWeights(tv=max(s["tv_weight"] for s in settings),
-                                         anomaly=max(s["as_weight"] for s in settings), anomaly_offset=offset,
-                                         bn_stats=max(s["bn_weight"] for s in settings),
-                                         features=max(s["feature_weight"] for s in settings))
+        # the terms of the one objective every attack shares; a setting without one has weight 0
+        self.term_names = terms_in_use(a["setting"] for a in self.attacks)
         self.threat = threat_models.check_threat_config(dict(config.get("threat") or {}))
         self.selection = config.attack.get("restart_selection", "matching")
         if self.selection not in RESTART_SELECTIONS:
             raise ValueError(f"unknown attack.restart_selection {self.selection!r}; choose one of {RESTART_SELECTIONS}")
         self.label_source = config.attack.get("labels", "given")
-        if self.label_source not in ("given", *label_lib.STRATEGIES):
-            raise ValueError(f"unknown attack.labels {self.label_source!r}; choose given or one of {label_lib.STRATEGIES}")
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(f"unknown attack.labels {self.label_source!r}; choose one of {LABEL_SOURCES}")
+        optimization = assembly.optimization(config, info)
+        self.gan_meta = optimization.gan_meta
+        defaults = term_settings(GRID_DEFAULTS, self.term_names)
 
         def build(conv):
             victim = make_victim(self.victim.name, info.num_classes, info.image_shape, conv=conv)
             return make_objective(victim, self.variables, info, matching=config.attack.matching,
-                                  weights=build_weights, reconstruct=reconstruct,
+                                  terms=defaults, reconstruct=reconstruct,
                                   update_fn=threat_models.attacker_update_fn(victim, self.variables, **self.threat))
 
-        a, e = config.attack, config.engine
         shape = (config.targets.batch_size, *info.image_shape)
-        parameterization, optimizer, self.gan_meta = assembly.parameterization_and_optimizer(config, info)
-        self.engine = engine.Engine(build, optimizer, info.bounds(), info.denormalize, shape=shape,
-                                    chunk_size=e.chunk_size, max_tries=a.max_tries, parameterization=parameterization)
+        self.engine = engine.Engine(build, optimization.optimizer, info.bounds(), info.denormalize, shape=shape,
+                                    chunk_size=config.engine.chunk_size, max_tries=config.attack.max_tries,
+                                    parameterization=optimization.parameterization,
+                                    line_search=optimization.line_search)
         self.target_grads = self.attack_labels = None   # the shared updates, made when an attack first needs them
 
     def _client_updates(self):
@@ -163,15 +194,16 @@ class Study:
         for number, ((_, defense_key), (_, first)) in enumerate(updates.items()):
             x01, y = self.target_set.take(np.asarray(first["target_indices"]))
             if defense_key not in compiled:   # one compiled client update per defense setting
-                defense = defense_of(first["setting"])
                 compiled[defense_key] = jax.jit(functools.partial(
-                    lambda x, labels, key, specs, settings: threat_models.aggregated_update(
-                        self.victim, self.variables, x, labels, key=key, defense=specs, **self.threat, **settings).grads,
-                    specs=defenses.specs_from_config(defense), settings=defenses.client_settings_from_config(defense)))
+                    lambda x, labels, key, defense: threat_models.aggregated_update(
+                        self.victim, self.variables, x, labels, key=key, defense=defense, **self.threat).grads,
+                    defense=defenses.parse(defense_of(first["setting"]))))
             key = jax.random.fold_in(jax.random.key(self.config.seed + 1), number)
             update_grads = compiled[defense_key](self.info.normalize(x01), y, key)
             check_update_matches(update_grads, self.variables["params"])
-            if self.label_source != "given":
+            if self.label_source == "dlg":   # learned by the attack: it gets none
+                y = np.zeros_like(y)
+            elif self.label_source != "given":
                 y = label_lib.recover(self.label_source, update_grads, len(y), self.victim, self.variables,
                                       jax.random.fold_in(key, 1))
             grads.append(jax.tree.map(np.asarray, update_grads))
@@ -185,14 +217,9 @@ class Study:
             self._client_updates()
         chosen = [self.attacks[i] for i in ids]
         updates = np.array([a["update"] for a in chosen])
-        weights = engine.per_attack_weights(
-            len(chosen), tv=[a["setting"]["tv_weight"] for a in chosen],
-            anomaly=[a["setting"]["as_weight"] for a in chosen],
-            anomaly_offset=[a["setting"]["as_offset"] or 0.0 for a in chosen],
-            bn_stats=[a["setting"]["bn_weight"] for a in chosen],
-            features=[a["setting"]["feature_weight"] for a in chosen])
+        terms = engine.per_attack_terms([term_settings(a["setting"], self.term_names) for a in chosen])
         return engine.AttackInputs(jax.tree.map(lambda g: g[updates], self.target_grads), self.attack_labels[updates],
-                                   weights, np.stack([a["key"] for a in chosen]))
+                                   terms, np.stack([a["key"] for a in chosen]))
 
     def plan(self) -> engine.Plan:
         """The saved plan of this study, or a measured new one (saved to W/plan.json)."""
@@ -405,8 +432,9 @@ def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace
               "iterations": config.attack.iterations, "restart": a["restart"], "restarts": config.attack.restarts,
               "setting": a["setting"], "setting_label": setting_label(a["setting"]), "threat": study.threat, "steps": int(result.steps[slot]),
               "tries": int(result.tries[slot]), "label_source": study.label_source,
-              "recovered_labels": study.attack_labels[a["update"]].tolist(),
-              "label_accuracy": label_lib.accuracy(study.attack_labels[a["update"]], labels),
+              # the labels the objective saw: given, recovered from the update, or learned (argmax)
+              "recovered_labels": result.labels[slot].tolist(),
+              "label_accuracy": label_lib.accuracy(result.labels[slot], labels),
               # this attack's share of its wave's wall time (this run's part of it, when resumed)
               "wave": wave, "wave_size": wave_size, "wave_seconds": wave_seconds, "seconds": wave_seconds / wave_size,
               "wave_compute_seconds": compute_seconds,

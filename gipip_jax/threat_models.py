@@ -11,12 +11,9 @@ Kinds (`KINDS`):
   parts, one per client.
 
 The victim runs in eval mode (BatchNorm uses running statistics) throughout, as in client.py.
-Client-step defenses (see defenses.py): DP-SGD (`dp_clip_norm` C > 0: every step's gradient is the
-mean of per-example gradients clipped to norm C plus N(0, (dp_noise_multiplier * C)^2) / B noise),
-dropout of rate `dropout_rate` on the input of the victim's last dense layer (a fresh mask per step;
-the victims have no dropout layers of their own), and Soteria (`soteria_pruning`: that fraction of
-the last dense layer's input features is pruned from the shared update). `defense` then transforms
-the update the client shares.
+Defenses (defenses.py) come as one `defenses.DefenseSetting` (`defenses.parse` of the flat config
+fields): its step defenses' hooks change the client's forward (dropout), its step gradient (DP-SGD)
+and its result (Soteria); its update defenses then transform the tree the client shares.
 
 `attacker_update_fn` is the attacker's simulation of the same client computation (same kind, local
 steps, learning rate, mini-batches and number of clients), without the client's random defenses,
@@ -28,13 +25,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from gipip_jax import defenses
-from gipip_jax.client import SharedUpdate, cross_entropy, make_loss_fn
+from gipip_jax.client import SharedUpdate, cross_entropy
 from gipip_jax.victims import Victim
 
 PyTree = Any
@@ -42,7 +37,6 @@ KINDS = ("fedsgd", "fedavg")
 # Flat, sweepable threat-model fields of a config and their defaults (IG's FedAvg lr is 1e-4).
 THREAT_DEFAULTS: dict[str, Any] = {"kind": "fedsgd", "local_steps": 1, "local_lr": 1e-4,
                                    "local_batch_size": 0, "clients": 1}
-StepGradient = Callable[[PyTree, jax.Array, jax.Array, jax.Array], PyTree]
 
 
 def _check_clients(clients: int) -> None:
@@ -78,65 +72,32 @@ def check_threat_config(config: Mapping) -> dict:
     return full
 
 
-def _with_dropout(victim: Victim, variables: dict, rate: float) -> Callable[[PyTree, jax.Array, jax.Array], jax.Array]:
-    """logits(params, x, key): eval-mode forward with inverted dropout of `rate` on the input of
-    the victim's last dense layer."""
-    rest = {k: v for k, v in variables.items() if k != "params"}
-    dummy = jnp.zeros((1, *victim.image_shape), jnp.float32)
-    path = defenses.classifier_input(lambda: victim.apply(variables, dummy)).path
-
-    def logits(params, x, key):
-        def drop(next_fun, args, kwargs, context):
-            if isinstance(context.module, nn.Dense) and tuple(context.module.path) == path \
-                    and context.method_name == "__call__":
-                keep = jax.random.bernoulli(key, 1.0 - rate, args[0].shape)
-                args = (jnp.where(keep, args[0] / (1.0 - rate), 0.0), *args[1:])
-            return next_fun(*args, **kwargs)
-
-        with nn.intercept_methods(drop):
-            return victim.apply({"params": params, **rest}, x)
-
-    return logits
-
-
-def make_step_gradient(victim: Victim, variables: dict, *, dp_clip_norm: float = 0.0,
-                       dp_noise_multiplier: float = 0.0, dropout_rate: float = 0.0) -> StepGradient:
+def make_step_gradient(victim: Victim, variables: dict,
+                       steps: Sequence[defenses.StepHooks] = ()) -> defenses.StepGradient:
     """gradient(params, x, labels, key) -> params-shaped tree: the gradient one client step uses.
 
-    Plain: the gradient of the batch's mean CE loss. dropout_rate > 0: the loss with dropout on the
-    classifier input. dp_clip_norm > 0: DP-SGD's clipped, noised mean of per-example gradients.
+    Plain: the gradient of the batch's mean CE loss (`key` unused). `steps` (a DefenseSetting's
+    step_hooks()) wrap the forward in order and may replace jax.grad (DP-SGD).
     x: (B, H, W, C) normalized; labels int (B,) or soft (B, K).
     """
-    if not 0 <= dropout_rate < 1:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-    if dp_clip_norm < 0 or dp_noise_multiplier < 0 or (dp_noise_multiplier > 0 and dp_clip_norm == 0):
-        raise ValueError("DP-SGD needs dp_clip_norm > 0 and dp_noise_multiplier >= 0, got "
-                         f"{dp_clip_norm} and {dp_noise_multiplier}")
-    if dropout_rate > 0:
-        logits = _with_dropout(victim, variables, dropout_rate)
+    rest = {k: v for k, v in variables.items() if k != "params"}
 
-        def loss(params, x, labels, key):
-            return cross_entropy(logits(params, x, key), labels)
-    else:
-        plain = make_loss_fn(victim, variables)
+    def logits(params, x, key):
+        del key
+        return victim.apply({"params": params, **rest}, x)
 
-        def loss(params, x, labels, key):
-            del key
-            return plain(params, x, labels)
+    for hook in steps:
+        if hook.forward is not None:
+            logits = hook.forward(victim, variables, logits)
 
-    if dp_clip_norm == 0:
-        return jax.grad(loss)
+    def loss(params, x, labels, key):
+        return cross_entropy(logits(params, x, key), labels)
 
-    def dp_gradient(params, x, labels, key):
-        dropout_keys = jax.random.split(jax.random.fold_in(key, 0), x.shape[0])
-        one = lambda xi, yi, ki: jax.grad(loss)(params, xi[None], yi[None], ki)
-        per_example = jax.vmap(one)(x, labels, dropout_keys)
-        return defenses.dp_sgd_gradient(per_example, jax.random.fold_in(key, 1), dp_clip_norm, dp_noise_multiplier)
-
-    return dp_gradient
+    gradient = next((hook.gradient for hook in steps if hook.gradient is not None), jax.grad)
+    return gradient(loss)
 
 
-def local_training_update(step_gradient: StepGradient, params: PyTree, x: jax.Array, labels: jax.Array,
+def local_training_update(step_gradient: defenses.StepGradient, params: PyTree, x: jax.Array, labels: jax.Array,
                           key: jax.Array, *, local_steps: int, local_lr: float, local_batch_size: int = 0) -> PyTree:
     """params_K - params_0 after K = local_steps SGD steps p <- p - local_lr * step_gradient(p, batch_i,
     labels_i, fold_in(key, i)), batch_i the (i mod B/local_batch_size)-th consecutive mini-batch."""
@@ -154,23 +115,22 @@ def local_training_update(step_gradient: StepGradient, params: PyTree, x: jax.Ar
     return jax.tree.map(jnp.subtract, final, params)
 
 
-def client_update(victim: Victim, variables: dict, x: jax.Array, labels: jax.Array, *, kind: str = "fedsgd",
-                  key: jax.Array, defense: optax.GradientTransformation | Sequence[Mapping] | None = None,
-                  local_steps: int = 1, local_lr: float = THREAT_DEFAULTS["local_lr"], local_batch_size: int = 0,
-                  dp_clip_norm: float = 0.0, dp_noise_multiplier: float = 0.0, dropout_rate: float = 0.0,
-                  soteria_pruning: float = 0.0) -> SharedUpdate:
+def client_update(victim: Victim, variables: dict, x: jax.Array, labels: jax.Array, *, key: jax.Array,
+                  kind: str = "fedsgd", local_steps: int = 1, local_lr: float = THREAT_DEFAULTS["local_lr"],
+                  local_batch_size: int = 0, defense: defenses.DefenseSetting | None = None) -> SharedUpdate:
     """What one client shares for its batch x (B, H, W, C) normalized, labels int (B,).
 
-    `defense` transforms the (FedSGD gradient or FedAvg weight-difference) tree last: an optax
-    transformation (its key lives in it) or a list of `defenses.make_defense` entries (built with a
-    key derived from `key`). `key` drives DP-SGD noise and dropout masks. Soteria's mask is computed
-    on x at the initial params and applied before `defense`.
+    `defense` (`defenses.parse(flat fields)`; None: no defense): its step hooks act in every local
+    step (keys from split(key)[0]) and on the result, then its update chain (key split(key)[1])
+    transforms the (FedSGD gradient or FedAvg weight-difference) tree.
     """
     _check_threat(kind, local_steps, local_lr, local_batch_size, x.shape[0])
-    if not 0 <= soteria_pruning < 1:
-        raise ValueError(f"soteria_pruning must be in [0, 1), got {soteria_pruning}")
-    step_gradient = make_step_gradient(victim, variables, dp_clip_norm=dp_clip_norm,
-                                       dp_noise_multiplier=dp_noise_multiplier, dropout_rate=dropout_rate)
+    if defense is None:
+        defense = defenses.parse({})
+    if not isinstance(defense, defenses.DefenseSetting):
+        raise ValueError(f"defense must be a defenses.DefenseSetting (defenses.parse of flat fields), got {defense!r}")
+    hooks = defense.step_hooks()
+    step_gradient = make_step_gradient(victim, variables, hooks)
     params = variables["params"]
     step_key, defense_key = jax.random.split(key)
     if kind == "fedsgd":
@@ -178,12 +138,11 @@ def client_update(victim: Victim, variables: dict, x: jax.Array, labels: jax.Arr
     else:
         tree = local_training_update(step_gradient, params, x, labels, step_key, local_steps=local_steps,
                                      local_lr=local_lr, local_batch_size=local_batch_size)
-    if soteria_pruning > 0:
-        tree = defenses.apply_soteria(tree, *defenses.soteria_mask(victim, variables, x, soteria_pruning))
-    if defense is not None:
-        if not isinstance(defense, optax.GradientTransformation):
-            defense = defenses.make_defense(defense, defense_key)
-        tree, _ = defense.update(tree, defense.init(params), params)
+    for hook in hooks:
+        if hook.shared is not None:
+            tree = hook.shared(tree, victim, variables, x)
+    transform = defense.update_transform(defense_key)
+    tree, _ = transform.update(tree, transform.init(params), params)
     return SharedUpdate(grads=tree, batch_size=int(x.shape[0]))
 
 
@@ -214,16 +173,13 @@ def split_clients(x: jax.Array, labels: jax.Array, clients: int) -> list[tuple[j
 
 
 def aggregated_update(victim: Victim, variables: dict, x: jax.Array, labels: jax.Array, *, clients: int = 1,
-                      key: jax.Array, defense: Sequence[Mapping] | None = None, **settings) -> SharedUpdate:
-    """`secure_aggregate` of `clients` clients' `client_update`s, client c holding the c-th of the
-    equal consecutive parts of x and using key fold_in(key, c) (its own noise, masks and defense
-    noise; so `defense` is a list of make_defense entries here). clients=1 is client_update itself."""
-    if isinstance(defense, optax.GradientTransformation):
-        raise ValueError("with several clients give `defense` as a list of make_defense entries, "
-                         "so that every client draws its own noise")
+                      key: jax.Array, defense: defenses.DefenseSetting | None = None, **threat) -> SharedUpdate:
+    """`secure_aggregate` of `clients` clients' `client_update`s (`threat`: its kind, local_steps,
+    local_lr, local_batch_size), client c holding the c-th of the equal consecutive parts of x and
+    using key fold_in(key, c), so each draws its own noise and masks. clients=1 is client_update itself."""
     parts = split_clients(x, labels, clients)
     return secure_aggregate([
-        client_update(victim, variables, xc, yc, key=jax.random.fold_in(key, c), defense=defense, **settings)
+        client_update(victim, variables, xc, yc, key=jax.random.fold_in(key, c), defense=defense, **threat)
         for c, (xc, yc) in enumerate(parts)])
 
 

@@ -36,12 +36,11 @@ CACHE_FILE = "utility.json"
 def defended_gradient_fn(victim: Victim, defense: Mapping) -> training.GradientFn:
     """gradient_fn(variables, x, labels, key) for `training.train_victim`: the FedSGD update a
     client shares under the flat defense setting `defense` (any subset of DEFENSE_DEFAULTS)."""
-    specs = defenses.specs_from_config(defense)
-    settings = defenses.client_settings_from_config(defense)
+    setting = defenses.parse(defense)
 
     def gradient_fn(variables, x, labels, key):
         return threat_models.client_update(victim, variables, x, labels, kind="fedsgd", key=key,
-                                           defense=specs, **settings).grads
+                                           defense=setting).grads
 
     return gradient_fn
 
@@ -56,7 +55,7 @@ def recipe(config: ml_collections.ConfigDict) -> dict:
 
 def setting_key(recipe_fields: Mapping, defense: Mapping) -> str:
     """Canonical JSON of the recipe and the complete defense setting (defaults filled in)."""
-    full = defenses.check_defense_config(defense)
+    full = defenses.parse(defense).fields
     return json.dumps({"recipe": dict(recipe_fields), "defense": full}, sort_keys=True)
 
 
@@ -85,7 +84,7 @@ def write_cache(path, cache: dict) -> None:
 
 def dp_epsilon(defense: Mapping, train_count: int, batch_size: int, epochs: int, delta: float) -> float | None:
     """eps of a DP-SGD setting trained `epochs` epochs (None without DP noise)."""
-    full = defenses.check_defense_config(defense)
+    full = defenses.parse(defense).fields
     if full["dp_noise_multiplier"] == 0:
         return None
     steps = epochs * (train_count // batch_size)
@@ -97,7 +96,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
     records of all of them (cached or new), in config order."""
     settings = [dict(s) for s in config.settings]
     for setting in settings:
-        defenses.check_defense_config(setting)
+        defenses.parse(setting)
     fields = recipe(config)
     cache_path = os.path.join(workdir, CACHE_FILE)
     cache = read_cache(cache_path)
@@ -115,7 +114,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
             victim, x, y, info=info, epochs=config.epochs, batch_size=config.batch_size,
             learning_rate=config.learning_rate, seed=config.seed, eval_images01=x_test, eval_labels=y_test,
             augment=config.augment, gradient_fn=defended_gradient_fn(victim, setting), log=log)
-        record = {"defense": defenses.check_defense_config(setting), "recipe": fields, **stats,
+        record = {"defense": defenses.parse(setting).fields, "recipe": fields, **stats,
                   "dp_delta": config.delta,
                   "dp_epsilon": dp_epsilon(setting, config.train_count, config.batch_size, config.epochs, config.delta)}
         cache[setting_key(fields, setting)] = record

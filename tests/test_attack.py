@@ -1,18 +1,20 @@
-"""Attack loop: schedule, optimizer, box projection, chunking, determinism, restarts, NaN."""
+"""One attack: schedule, optimizer, box projection, line search keeping the best; run by the engine: chunking, determinism."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gipip_jax import attack
+from gipip_jax import attack, engine
 from gipip_jax.client import victim_gradient
 from gipip_jax.data import DatasetInfo
-from gipip_jax.objectives import ObjectiveWeights, make_objective
+from gipip_jax.objectives import make_objective
+from gipip_jax.parameterizations import dlg
 from gipip_jax.victims import make_victim
 
 INFO = DatasetInfo("toy", (8, 8, 3), 4, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), tuple("abcd"))
 ITERATIONS = 24
+TERMS = {"tv": {"weight": 1e-2}}
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +24,18 @@ def problem():
     x01 = jax.random.uniform(jax.random.key(1), (1, *INFO.image_shape))
     labels = jnp.array([2])
     target = victim_gradient(victim, variables, INFO.normalize(x01), labels)
-    objective = make_objective(victim, variables, INFO, weights=ObjectiveWeights(tv=1e-2))
+    objective = make_objective(victim, variables, INFO, terms=TERMS)
     return objective, target, labels
 
 
-def inverter(objective, **kwargs):
-    kwargs = {"iterations": ITERATIONS, "chunk_size": 10, "log": lambda _: None, **kwargs}
-    optimizer = attack.make_optimizer(0.1, kwargs["iterations"], signed=kwargs.pop("signed", False))
-    return attack.make_inverter(objective, optimizer, INFO.bounds(), INFO.denormalize, **kwargs)
+def run_engine(objective, target, labels, *, key, chunk_size=10, iterations=ITERATIONS):
+    """One attack through the engine on one device (the sequential loop): its WaveResult."""
+    optimizer = attack.make_optimizer(0.1, iterations, signed=False)
+    eng = engine.Engine(lambda conv: objective, optimizer, INFO.bounds(), INFO.denormalize,
+                        shape=(1, *INFO.image_shape), chunk_size=chunk_size, mesh=engine.make_mesh(jax.devices()[:1]))
+    inputs = engine.AttackInputs(jax.tree.map(lambda g: np.asarray(g)[None], target), np.asarray(labels)[None],
+                                 engine.per_attack_terms([TERMS]), np.asarray(jax.random.key_data(jax.random.key(key)))[None])
+    return eng.run_wave(eng.program(engine.Plan("unroll", 1, 1), inputs), inputs, iterations)[1]
 
 
 def test_step_schedule_decays_at_reference_milestones():
@@ -71,38 +77,39 @@ def test_box_projection_holds_every_step(problem):
 
 def test_inversion_is_deterministic_and_chunk_size_free(problem):
     objective, target, labels = problem
-    shape = (1, *INFO.image_shape)
-    first = inverter(objective)(target, labels, jax.random.key(7), shape)
-    again = inverter(objective)(target, labels, jax.random.key(7), shape)
+    first = run_engine(objective, target, labels, key=7)
+    again = run_engine(objective, target, labels, key=7)
     np.testing.assert_array_equal(first.images01, again.images01)
-    other_chunks = inverter(objective, chunk_size=7)(target, labels, jax.random.key(7), shape)  # 24 = 3*7 + 3 masked
+    other_chunks = run_engine(objective, target, labels, key=7, chunk_size=7)  # 24 = 3*7 + 3 masked
     np.testing.assert_allclose(other_chunks.images01, first.images01, atol=1e-6)
-    other_key = inverter(objective)(target, labels, jax.random.key(8), shape)
+    other_key = run_engine(objective, target, labels, key=8)
     assert not np.allclose(other_key.images01, first.images01)
     assert first.images01.min() >= 0 and first.images01.max() <= 1
 
 
-def test_attack_lowers_the_objective_and_keeps_the_best_restart(problem):
+def test_attack_lowers_the_objective(problem):
     objective, target, labels = problem
     shape = (1, *INFO.image_shape)
     a = attack.make_attack(objective, attack.make_optimizer(0.1, 60, signed=False), INFO.bounds())
-    start = objective(a.init(jax.random.split(jax.random.key(9), 3)[0], shape).x, target, labels)[0]
-    result = inverter(objective, iterations=60, restarts=3)(target, labels, jax.random.key(9), shape)
-    assert len(result.restart_losses) == 3
-    assert result.loss == min(result.restart_losses) == result.restart_losses[result.restart]
-    assert result.restart_losses[0] < float(start)
+    start = objective(a.init(jax.random.key(9), shape).x, target, labels)[0]
+    state = a.init(jax.random.key(9), shape)
+    step = jax.jit(a.step)
+    for _ in range(60):
+        state = step(state, target, labels)
+    assert float(objective(state.x, target, labels)[0]) < float(start)
 
 
-def test_non_finite_objective_raises():
-    def objective(x, target, labels):
-        return jnp.sum(x) * jnp.nan, {"matching": jnp.nan}
-
-    invert = inverter(objective, restarts=2)
-    with pytest.raises(attack.AttackDivergedError, match="2 restart"):
-        invert({}, jnp.array([0]), jax.random.key(0), (1, *INFO.image_shape))
-
-
-def test_invalid_settings_raise(problem):
-    objective, *_ = problem
-    with pytest.raises(ValueError, match=">= 1"):
-        inverter(objective, iterations=0)
+def test_line_search_attack_keeps_its_best_iterate(problem):
+    objective, target, labels = problem
+    # no projection: a line search's cached value is the objective at the unprojected step (DLG has no box)
+    a = attack.make_attack(objective, attack.make_lbfgs(), parameterization=dlg(INFO.num_classes, learn_labels=False),
+                           line_search=True)
+    state = a.init(jax.random.key(4), (1, *INFO.image_shape))
+    step, losses = jax.jit(a.step), []
+    for _ in range(8):
+        state = step(state, target, labels)
+        losses.append(float(state.loss))
+    best_params, best_loss = state.best
+    assert float(best_loss) == min(losses)
+    assert float(objective(best_params["x"], target, labels)[0]) == pytest.approx(min(losses), rel=1e-5)
+    assert a.result(state) is best_params and a.keeps_best

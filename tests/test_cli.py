@@ -34,7 +34,7 @@ def trained_ae(folder, tmp_path_factory):
 
 def attack_overrides(folder, ae):
     return [*folder, "--set=data.split=test", "--set=targets.starts=[0, 1]", "--set=targets.batch_size=2",
-            "--set=victim.name=resnet_tiny", "--set=attack.iterations=4", "--set=attack.chunk_size=2",
+            "--set=victim.name=resnet_tiny", "--set=attack.iterations=4", "--set=engine.chunk_size=2",
             f"--set=prior.checkpoint={ae}", "--set=metrics.lpips_net=None"]
 
 
@@ -44,15 +44,16 @@ def test_attack_end_to_end_and_rerun_skips_finished_targets(folder, trained_ae, 
     assert len(records) == 2
     for r in records:
         assert r["status"] == "ok" and r["batch_size"] == 2 and len(set(r["labels"])) == 2
-        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["as_offset"] == 0.001
+        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["setting"]["as_offset"] == 0.001
         assert set(r["terms"]) == {"matching", "tv", "anomaly"}
     assert os.path.getsize(tmp_path / "grid.png") > 0
     capsys.readouterr()
     assert run("attack", "gipip_cifar10.py:smoke", tmp_path, *attack_overrides(folder, trained_ae)) == 0
-    assert capsys.readouterr().out.count("skipped") == 2
+    out = capsys.readouterr().out
+    assert "2/2 attacks done, 0 failed" in out and "choosing a plan" not in out   # nothing left: nothing compiled
     assert len(open(tmp_path / "results.jsonl").readlines()) == 2
     assert cli.main(["summarize", str(tmp_path / "results.jsonl")]) == 0
-    assert "| gipip | resnet_tiny | 2 | 4 |" in capsys.readouterr().out
+    assert "| gipip:gipip | resnet_tiny | 2 | 4 |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("override, message", [
@@ -148,8 +149,8 @@ def test_config_loading_lives_in_configs():
     assert cli.load_config is configs.load_config and cli.apply_override is configs.apply_override
     config = configs.load_config(os.path.join(CONFIGS, "gipip_cifar10.py:smoke"))
     configs.apply_override(config, "data.data_dir='5'")   # a quoted number is the text
-    configs.apply_override(config, "attack.tv_weight=1")  # an int for a float field is cast
-    assert config.data.data_dir == "5" and config.attack.tv_weight == 1.0
+    configs.apply_override(config, "attack.learning_rate=1")  # an int for a float field is cast
+    assert config.data.data_dir == "5" and config.attack.learning_rate == 1.0
     with pytest.raises(configs.ConfigError, match="'data.data_dir' takes a str"):
         configs.set_field(config, "data.data_dir", 7)
     with pytest.raises(configs.ConfigError, match="no field 'nope'"):

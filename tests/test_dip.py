@@ -14,7 +14,7 @@ from gipip_jax import cli, dip, features, parameterizations
 from gipip_jax.attack import make_attack, step_decay_schedule
 from gipip_jax.client import victim_gradient
 from gipip_jax.data import DatasetInfo
-from gipip_jax.objectives import ObjectiveWeights, make_objective
+from gipip_jax.objectives import make_objective
 from gipip_jax.victims import make_victim
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "experiments" / "configs"
@@ -65,7 +65,7 @@ def test_feature_term_is_zero_at_the_truth_and_needs_a_bias():
     x = jax.random.normal(jax.random.key(1), (1, *INFO.image_shape))
     labels = jnp.array([1])
     grads = victim_gradient(victim, variables, x, labels)
-    objective = make_objective(victim, variables, INFO, weights=ObjectiveWeights(features=1.0))
+    objective = make_objective(victim, variables, INFO, terms={"features": {"weight": 1.0}})
     _, terms = objective(x, grads, labels)
     assert float(terms["features"]) < 1e-8 and float(terms["matching"]) < 1e-5
     _, terms = objective(x + 1.0, grads, labels)
@@ -81,7 +81,7 @@ def test_dip_attack_moves_the_weights_not_the_noise_and_lowers_the_objective():
     x_true = INFO.normalize(jax.random.uniform(jax.random.key(1), (1, *INFO.image_shape)))
     labels = jnp.array([2])
     target = victim_gradient(victim, variables, x_true, labels)
-    objective = make_objective(victim, variables, INFO, weights=ObjectiveWeights(tv=1e-4, features=0.1))
+    objective = make_objective(victim, variables, INFO, terms={"tv": {"weight": 1e-4}, "features": {"weight": 0.1}})
     p = parameterizations.dip(dip.make_unet((4, 8)), INFO.normalize, noise_channels=4)
     a = make_attack(objective, parameterizations.make_dip_optimizer(0.01, 20, schedule=step_decay_schedule),
                     parameterization=p)

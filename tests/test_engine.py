@@ -9,7 +9,7 @@ import pytest
 from gipip_jax import attack, engine
 from gipip_jax.client import victim_gradient
 from gipip_jax.data import DatasetInfo
-from gipip_jax.objectives import ObjectiveWeights, make_objective
+from gipip_jax.objectives import make_objective
 from gipip_jax.victims import make_victim
 
 INFO = DatasetInfo("toy", (8, 8, 3), 4, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), tuple("abcd"))
@@ -28,13 +28,13 @@ def study():
     grads = jax.vmap(lambda x, y: victim_gradient(victim, variables, INFO.normalize(x), y))(x01, labels)
     tv = jnp.array([1e-2, 0.0, 1e-1, 1e-3], jnp.float32)
     inputs = engine.AttackInputs(
-        grads, np.asarray(labels), engine.per_attack_weights(N, tv=tv),
+        grads, np.asarray(labels), engine.per_attack_terms([{"tv": {"weight": w}} for w in tv.tolist()]),
         np.asarray(jax.vmap(jax.random.key_data)(jax.random.split(jax.random.key(5), N))))
     inputs = jax.tree.map(np.asarray, inputs)
 
-    def build(conv, weights=ObjectiveWeights(tv=1.0)):
+    def build(conv, terms={"tv": {"weight": 1.0}}):  # noqa: B006  (never mutated)
         v = make_victim("convnet_tiny", INFO.num_classes, INFO.image_shape, conv=conv)
-        return make_objective(v, variables, INFO, weights=weights)
+        return make_objective(v, variables, INFO, terms=terms)
 
     return build, inputs
 
@@ -52,14 +52,16 @@ def alone_images(study):
 
 
 def alone(build, inputs, n):
-    """Attack n run by itself with the single-attack loop and static weights."""
-    objective = build("native", ObjectiveWeights(tv=float(inputs.weights.tv[n])))
+    """Attack n run by itself, outside the engine: its jitted step called ITERATIONS times, with
+    its TV weight built into the objective (static, not a per-call traced value)."""
+    objective = build("native", {"tv": {"weight": float(inputs.terms["tv"]["weight"][n])}})
     a = attack.make_attack(objective, attack.make_optimizer(0.1, ITERATIONS, signed=False), INFO.bounds())
-    run = attack.make_chunk_runner(a, CHUNK)
+    step = jax.jit(a.step)
     state = a.init(jax.random.fold_in(jax.random.wrap_key_data(inputs.keys[n]), 0), SHAPE)
     grads = jax.tree.map(lambda g: g[n], inputs.target_grads)
-    while int(state.step) < ITERATIONS:
-        state, _ = run(state, grads, jnp.asarray(inputs.labels[n]), ITERATIONS)
+    for _ in range(ITERATIONS):
+        state = step(state, grads, jnp.asarray(inputs.labels[n]))
+    assert int(state.step) == ITERATIONS and np.isfinite(float(state.loss))
     return np.asarray(jnp.clip(INFO.denormalize(state.x), 0, 1))
 
 
@@ -98,8 +100,8 @@ def test_waves_reuse_one_program_without_retracing(study):
 
 def test_nan_attack_restarts_or_fails_without_touching_neighbours(study):
     build, inputs = study
-    poisoned = inputs._replace(weights=inputs.weights._replace(tv=inputs.weights.tv.copy()))
-    poisoned.weights.tv[1] = np.nan          # attack 1's objective is NaN at every step
+    poisoned = inputs._replace(terms={"tv": {"weight": inputs.terms["tv"]["weight"].copy()}})
+    poisoned.terms["tv"]["weight"][1] = np.nan          # attack 1's objective is NaN at every step
     eng = make_engine(build, max_tries=2)
     plan = engine.Plan("vmap", N, 1)
     _, result = eng.run_wave(eng.program(plan, inputs), poisoned, ITERATIONS)
@@ -115,13 +117,13 @@ def test_transient_nan_restarts_from_a_fresh_key():
                 and jax.random.normal(jax.random.fold_in(jax.random.key(s), 1), SHAPE)[0, 0, 0, 0] < 0.5)
 
     def build(conv):
-        def objective(x, target, labels, weights):
+        def objective(x, target, labels, terms):
             loss = jnp.mean((x - target) ** 2) + jnp.where(x[0, 0, 0, 0] > 1.0, jnp.nan, 0.0)
             return loss, {"matching": loss}
         return objective
 
     inputs = engine.AttackInputs(np.zeros((2, *SHAPE), np.float32), np.zeros((2, 1), np.int32),
-                                 engine.per_attack_weights(2),
+                                 engine.per_attack_terms([{}, {}]),
                                  np.stack([jax.random.key_data(jax.random.key(s)) for s in (seed, 7)]))
     eng = engine.Engine(build, attack.make_optimizer(0.05, ITERATIONS, signed=False), (np.full(3, -5.0), np.full(3, 5.0)),
                         lambda x: x, shape=SHAPE, chunk_size=CHUNK, mesh=engine.make_mesh(jax.devices()[:1]))

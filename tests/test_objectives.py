@@ -62,8 +62,8 @@ def victim_setup():
 def test_objective_sums_weighted_terms(victim_setup):
     victim, variables, x, labels, target = victim_setup
     reconstruct = lambda v: jnp.full_like(v, 0.5)  # noqa: E731
-    weights = objectives.ObjectiveWeights(tv=0.3, anomaly=2.0, anomaly_offset=0.01)
-    objective = objectives.make_objective(victim, variables, INFO, weights=weights, reconstruct=reconstruct)
+    terms = {"tv": {"weight": 0.3}, "anomaly": {"weight": 2.0, "offset": 0.01}}
+    objective = objectives.make_objective(victim, variables, INFO, terms=terms, reconstruct=reconstruct)
     candidate = x + 0.1
     loss, terms = objective(candidate, target, labels)
     x01 = np.clip(np.asarray(candidate) * np.array(INFO.std) + np.array(INFO.mean), 0, 1)
@@ -75,15 +75,30 @@ def test_objective_sums_weighted_terms(victim_setup):
     np.testing.assert_allclose(at_truth["matching"], 0.0, atol=1e-5)
 
 
-def test_per_call_weights_are_traceable(victim_setup):
+def test_per_call_terms_are_traceable(victim_setup):
     victim, variables, x, labels, target = victim_setup
     reconstruct = lambda v: jnp.full_like(v, 0.5)  # noqa: E731
-    build = objectives.ObjectiveWeights(tv=1.0, anomaly=1.0, anomaly_offset=0.0)
-    objective = objectives.make_objective(victim, variables, INFO, weights=build, reconstruct=reconstruct)
-    per_call = objectives.ObjectiveWeights(tv=0.3, anomaly=2.0, anomaly_offset=0.01)
-    fixed = objectives.make_objective(victim, variables, INFO, weights=per_call, reconstruct=reconstruct)
-    traced = jax.jit(objective)(x + 0.1, target, labels, objectives.ObjectiveWeights(*map(jnp.float32, per_call)))
+    build = {"tv": {"weight": 1.0}, "anomaly": {"weight": 1.0, "offset": 0.0}}
+    objective = objectives.make_objective(victim, variables, INFO, terms=build, reconstruct=reconstruct)
+    per_call = {"tv": {"weight": 0.3}, "anomaly": {"weight": 2.0, "offset": 0.01}}
+    fixed = objectives.make_objective(victim, variables, INFO, terms=per_call, reconstruct=reconstruct)
+    traced = jax.jit(objective)(x + 0.1, target, labels, jax.tree.map(jnp.float32, per_call))
     np.testing.assert_allclose(traced[0], fixed(x + 0.1, target, labels)[0], rtol=1e-5)
+
+
+def test_per_call_terms_must_name_the_objectives_terms(victim_setup):
+    """A per-call setting of a term the objective was not built with is an error, not silently
+    dropped (it used to be: a weight > 0 given per call for a term off at build time did nothing)."""
+    victim, variables, x, labels, target = victim_setup
+    objective = objectives.make_objective(victim, variables, INFO, terms={"tv": {"weight": 0.1}})
+    with pytest.raises(ValueError, match="built with terms"):
+        objective(x, target, labels, {"tv": {"weight": 0.1}, "bn_stats": {"weight": 1.0}})
+    with pytest.raises(ValueError, match="built with terms"):
+        jax.jit(objective)(x, target, labels, {"bn_stats": {"weight": jnp.float32(1.0)}})
+    with pytest.raises(ValueError, match="built with terms"):
+        objectives.make_objective(victim, variables, INFO)(x, target, labels, {"tv": {"weight": 0.1}})
+    with pytest.raises(ValueError, match="unknown objective term"):
+        objectives.make_objective(victim, variables, INFO, terms={"tvv": {"weight": 0.1}})
 
 
 def test_update_fn_replaces_the_simulated_client_update(victim_setup):
@@ -100,6 +115,22 @@ def test_zero_weight_switches_term_off(victim_setup):
     loss, terms = objective(x + 0.1, target, labels)
     assert set(terms) == {"matching"}
     np.testing.assert_allclose(loss, terms["matching"])
+    # From a config: a term whose weight is 0 in every setting is not in the objective at all.
+    settings = [{"tv_weight": 0.0, "as_weight": 0.0, "as_offset": 0.001, "bn_weight": 0.0},
+                {"tv_weight": 1e-2, "as_weight": 0.0, "as_offset": 0.001, "bn_weight": None}]
+    assert objectives.terms_in_use(settings[:1]) == [] and objectives.terms_in_use(settings) == ["tv"]
+    names = objectives.terms_in_use(settings)
+    assert objectives.term_settings(settings[1], names) == {"tv": {"weight": 1e-2}}
+    built = objectives.make_objective(victim, variables, INFO, terms=objectives.term_settings(settings[1], names))
+    loss, terms = built(x + 0.1, target, labels)
+    assert set(terms) == {"matching", "tv"}
+    np.testing.assert_allclose(loss, terms["matching"] + 1e-2 * terms["tv"], rtol=1e-6)
+    # The GI-PIP setting: its AS weight and offset c land in the "anomaly" term's settings.
+    gipip = {"tv_weight": 1e-6, "as_weight": 1e-4, "as_offset": 0.001}
+    assert objectives.term_settings(gipip, objectives.terms_in_use([gipip])) == {
+        "tv": {"weight": 1e-6}, "anomaly": {"weight": 1e-4, "offset": 0.001}}
+    assert objectives.term_weight({"tv": {"weight": 0.5}}, "tv") == 0.5
+    assert objectives.term_weight({"tv": {"weight": 0.5}}, "matching") == 1.0
 
 
 def test_objective_errors(victim_setup):
@@ -107,7 +138,7 @@ def test_objective_errors(victim_setup):
     with pytest.raises(ValueError, match="matching"):
         objectives.make_objective(victim, variables, INFO, matching="cos")
     with pytest.raises(ValueError, match="autoencoder"):
-        objectives.make_objective(victim, variables, INFO, weights=objectives.ObjectiveWeights(anomaly=1.0))
+        objectives.make_objective(victim, variables, INFO, terms={"anomaly": {"weight": 1.0, "offset": 0.0}})
 
 
 def _with_running_stats(variables, path, mean, var):
@@ -147,18 +178,18 @@ def test_bn_statistics_match_numpy_and_term_is_zero_at_running_stats(victim_setu
 
 def test_bn_term_in_objective(victim_setup):
     victim, variables, x, labels, target = victim_setup
-    weights = objectives.ObjectiveWeights(tv=0.1, bn_stats=0.5)
-    objective = objectives.make_objective(victim, variables, INFO, weights=weights)
+    settings = {"tv": {"weight": 0.1}, "bn_stats": {"weight": 0.5}}
+    objective = objectives.make_objective(victim, variables, INFO, terms=settings)
     loss, terms = objective(x + 0.1, target, labels)
     assert set(terms) == {"matching", "tv", "bn_stats"}
     np.testing.assert_allclose(terms["bn_stats"], objectives.bn_statistics_loss(victim, variables)(x + 0.1), rtol=1e-6)
     np.testing.assert_allclose(loss, terms["matching"] + 0.1 * terms["tv"] + 0.5 * terms["bn_stats"], rtol=1e-6)
-    per_call = objectives.ObjectiveWeights(*map(jnp.float32, (0.1, 0.0, 0.0, 2.0)))
+    per_call = jax.tree.map(jnp.float32, {"tv": {"weight": 0.1}, "bn_stats": {"weight": 2.0}})
     traced_loss, _ = jax.jit(objective)(x + 0.1, target, labels, per_call)
     np.testing.assert_allclose(traced_loss, terms["matching"] + 0.1 * terms["tv"] + 2.0 * terms["bn_stats"], rtol=1e-5)
     lenet = make_victim("lenet", INFO.num_classes, INFO.image_shape)
     with pytest.raises(ValueError, match="BatchNorm"):
-        objectives.make_objective(lenet, lenet.init(jax.random.key(0)), INFO, weights=weights)
+        objectives.make_objective(lenet, lenet.init(jax.random.key(0)), INFO, terms=settings)
 
 
 def test_clamp01_passes_gradient_one_on_the_bounds_like_torch_clamp():
@@ -167,3 +198,49 @@ def test_clamp01_passes_gradient_one_on_the_bounds_like_torch_clamp():
     x = jnp.array([-0.5, 0.0, 0.3, 1.0, 1.5])
     np.testing.assert_allclose(clamp01(x), [0.0, 0.0, 0.3, 1.0, 1.0])
     np.testing.assert_allclose(jax.grad(lambda v: clamp01(v).sum())(x), [0.0, 1.0, 1.0, 1.0, 0.0])
+
+
+@pytest.fixture
+def mean_intensity_term():
+    """A toy term registered for one test: |mean(x01) - level|, weight field mean_weight, option
+    level from config field mean_level. Removed from the registry again afterwards."""
+
+    def build(context):
+        def value(x, target_grads, labels, level):
+            return jnp.abs(jnp.mean(objectives.clamp01(context.info.denormalize(x))) - level)
+        return value
+
+    term = objectives.Term("mean_intensity", "mean_weight", build, {"level": "mean_level"})
+    objectives.register_term(term)
+    try:
+        yield term
+    finally:
+        objectives.TERMS.pop(term.name, None)
+
+
+def test_registered_term_is_used_by_name_and_by_its_config_fields(victim_setup, mean_intensity_term):
+    victim, variables, x, labels, target = victim_setup
+    with pytest.raises(ValueError, match="already registered"):
+        objectives.register_term(mean_intensity_term)
+    with pytest.raises(ValueError, match="already registered"):   # a config field already taken
+        objectives.register_term(objectives.Term("other", "tv_weight", mean_intensity_term.build))
+    setting = {"tv_weight": 1e-2, "as_weight": 0.0, "mean_weight": 0.5, "mean_level": 0.2}
+    names = objectives.terms_in_use([setting])
+    assert names == ["tv", "mean_intensity"]
+    terms = objectives.term_settings(setting, names)
+    assert terms == {"tv": {"weight": 1e-2}, "mean_intensity": {"weight": 0.5, "level": 0.2}}
+    objective = objectives.make_objective(victim, variables, INFO, terms=terms)
+    candidate = x + 0.1
+    loss, found = objective(candidate, target, labels)
+    assert set(found) == {"matching", "tv", "mean_intensity"}
+    x01 = np.clip(np.asarray(candidate) * np.array(INFO.std) + np.array(INFO.mean), 0, 1)
+    np.testing.assert_allclose(found["mean_intensity"], abs(x01.mean() - 0.2), rtol=1e-5)
+    np.testing.assert_allclose(loss, found["matching"] + 1e-2 * found["tv"] + 0.5 * found["mean_intensity"], rtol=1e-6)
+    # Its settings are per-call values like any other term's (traced here).
+    per_call = jax.tree.map(jnp.float32, {"tv": {"weight": 1e-2}, "mean_intensity": {"weight": 2.0, "level": 0.4}})
+    traced, traced_terms = jax.jit(objective)(candidate, target, labels, per_call)
+    np.testing.assert_allclose(traced_terms["mean_intensity"], abs(x01.mean() - 0.4), rtol=1e-5)
+    np.testing.assert_allclose(traced, found["matching"] + 1e-2 * found["tv"] + 2.0 * traced_terms["mean_intensity"],
+                               rtol=1e-5)
+    # A weight of 0 in every setting leaves it out.
+    assert objectives.terms_in_use([{**setting, "mean_weight": 0.0}]) == ["tv"]

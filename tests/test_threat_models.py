@@ -86,60 +86,62 @@ def test_secure_aggregation_reveals_only_the_sum(setup):
 
 def test_every_aggregated_client_draws_its_own_noise(setup):
     victim, variables, x, labels = setup
-    noise = [{"name": "gaussian", "std": 1.0}]
+    noise = defenses.parse({"noise_std": 1.0})
     clean = threat_models.aggregated_update(victim, variables, x, labels, clients=2, key=jax.random.key(0))
     noisy = threat_models.aggregated_update(victim, variables, x, labels, clients=2, key=jax.random.key(0), defense=noise)
     residual = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(noisy.grads), jax.tree.leaves(clean.grads))])
     assert residual.std() == pytest.approx(np.sqrt(2.0), rel=0.05)  # two independent N(0, 1) draws summed
-    with pytest.raises(ValueError, match="list of make_defense entries"):
-        threat_models.aggregated_update(victim, variables, x, labels, clients=2, key=jax.random.key(0),
-                                        defense=defenses.make_defense(noise, jax.random.key(0)))
 
 
 def test_the_defense_transforms_what_the_client_shares(setup):
     victim, variables, x, labels = setup
-    specs = [{"name": "prune", "sparsity": 0.9, "scope": "global"}]
-    for defense in (specs, defenses.make_defense(specs, jax.random.key(3))):
-        for kind, extra in (("fedsgd", {}), ("fedavg", {"local_steps": 2, "local_lr": 0.1})):
-            update = threat_models.client_update(victim, variables, x, labels, kind=kind, key=jax.random.key(0),
-                                                 defense=defense, **extra)
-            plain = threat_models.client_update(victim, variables, x, labels, kind=kind, key=jax.random.key(0), **extra)
-            close(update.grads, defenses.prune_updates(plain.grads, 0.9, "global"), rtol=0, atol=0)
+    defense = defenses.parse({"prune_sparsity": 0.9, "prune_scope": "global"})
+    for kind, extra in (("fedsgd", {}), ("fedavg", {"local_steps": 2, "local_lr": 0.1})):
+        update = threat_models.client_update(victim, variables, x, labels, kind=kind, key=jax.random.key(0),
+                                             defense=defense, **extra)
+        plain = threat_models.client_update(victim, variables, x, labels, kind=kind, key=jax.random.key(0), **extra)
+        close(update.grads, defenses.prune_updates(plain.grads, 0.9, "global"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="must be a defenses.DefenseSetting"):
+        threat_models.client_update(victim, variables, x, labels, key=jax.random.key(0),
+                                    defense=[{"name": "prune", "prune_sparsity": 0.9}])
 
 
 def test_dp_sgd_in_the_client_step(setup):
     victim, variables, x, labels = setup
-    clipped = threat_models.client_update(victim, variables, x, labels, key=jax.random.key(0), dp_clip_norm=0.1)
+    clipped = threat_models.client_update(victim, variables, x, labels, key=jax.random.key(0),
+                                          defense=defenses.parse({"dp_clip_norm": 0.1}))
     per_example = client.per_example_gradients(victim, variables, x, labels)
     close(clipped.grads, defenses.dp_sgd_gradient(per_example, jax.random.key(0), 0.1, 0.0))
-    noisy = [threat_models.client_update(victim, variables, x, labels, key=jax.random.key(k), dp_clip_norm=0.1,
-                                         dp_noise_multiplier=1.0) for k in (0, 0, 1)]
+    dp = defenses.parse({"dp_clip_norm": 0.1, "dp_noise_multiplier": 1.0})
+    noisy = [threat_models.client_update(victim, variables, x, labels, key=jax.random.key(k), defense=dp)
+             for k in (0, 0, 1)]
     jax.tree.map(np.testing.assert_array_equal, noisy[0].grads, noisy[1].grads)
     residual = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(noisy[0].grads), jax.tree.leaves(clipped.grads))])
     assert residual.std() == pytest.approx(1.0 * 0.1 / 4, rel=0.05)
     assert not np.array_equal(jax.tree.leaves(noisy[0].grads)[0], jax.tree.leaves(noisy[2].grads)[0])
-    with pytest.raises(ValueError, match="DP-SGD needs"):
-        threat_models.client_update(victim, variables, x, labels, key=jax.random.key(0), dp_noise_multiplier=1.0)
 
 
 def test_dropout_drops_classifier_inputs_during_the_client_step(setup):
     victim, variables, x, labels = setup
     plain = threat_models.client_update(victim, variables, x[:1], labels[:1], key=jax.random.key(0))
+    dropout = defenses.parse({"dropout_rate": 0.5})
     dropped = [threat_models.client_update(victim, variables, x[:1], labels[:1], key=jax.random.key(k),
-                                           dropout_rate=0.5).grads["Dense_0"]["kernel"] for k in (0, 0, 1)]
+                                           defense=dropout).grads["Dense_0"]["kernel"] for k in (0, 0, 1)]
     np.testing.assert_array_equal(dropped[0], dropped[1])
     assert not np.array_equal(dropped[0], dropped[2])
     # for one example, the kernel gradient's row f is r_f * mask_f / (1 - p) * dL/dlogits: dropped rows are 0
     zero_rows = np.all(np.asarray(dropped[0]) == 0, axis=1)
     live = np.any(np.asarray(plain.grads["Dense_0"]["kernel"]) != 0, axis=1)
     assert 4 <= (zero_rows & live).sum() <= live.sum() - 4  # about half of the live features dropped
-    same = threat_models.client_update(victim, variables, x[:1], labels[:1], key=jax.random.key(0), dropout_rate=0.0)
+    same = threat_models.client_update(victim, variables, x[:1], labels[:1], key=jax.random.key(0),
+                                       defense=defenses.parse({"dropout_rate": 0.0}))
     jax.tree.map(np.testing.assert_array_equal, same.grads, plain.grads)
 
 
 def test_soteria_in_the_client_step_prunes_fc_rows(setup):
     victim, variables, x, labels = setup
-    update = threat_models.client_update(victim, variables, x, labels, key=jax.random.key(0), soteria_pruning=0.75)
+    update = threat_models.client_update(victim, variables, x, labels, key=jax.random.key(0),
+                                         defense=defenses.parse({"soteria_pruning": 0.75}))
     plain = threat_models.client_update(victim, variables, x, labels, key=jax.random.key(0))
     path, mask = defenses.soteria_mask(victim, variables, x, 0.75)
     assert int(mask.sum()) == 8
@@ -173,8 +175,6 @@ def test_the_fedavg_simulation_is_differentiable_in_the_images():
     ({"kind": "fedavg", "local_steps": 0}, "local_steps must be an integer >= 1"),
     ({"kind": "fedavg", "local_lr": 0.0}, "needs local_lr > 0"),
     ({"kind": "fedavg", "local_batch_size": 3}, "does not divide"),
-    ({"soteria_pruning": 1.0}, "soteria_pruning"),
-    ({"dropout_rate": 1.0}, "dropout_rate"),
 ])
 def test_bad_client_settings_raise_one_clear_error(setup, settings, message):
     victim, variables, x, labels = setup
@@ -199,16 +199,14 @@ def test_bad_threat_configs_raise(setup):
 def test_flat_config_fields_drive_client_and_attacker_under_jit(setup):
     victim, variables, x, labels = setup
     threat = threat_models.check_threat_config({"kind": "fedavg", "local_steps": 2, "local_lr": 0.1, "clients": 2})
-    defense = {"prune_sparsity": 0.5, "dropout_rate": 0.25}
-    specs, settings = defenses.specs_from_config(defense), defenses.client_settings_from_config(defense)
+    defense = defenses.parse({"prune_sparsity": 0.5, "dropout_rate": 0.25})
 
     @jax.jit
     def shared(x, labels, key):
-        return threat_models.aggregated_update(victim, variables, x, labels, key=key, defense=specs,
-                                               **threat, **settings).grads
+        return threat_models.aggregated_update(victim, variables, x, labels, key=key, defense=defense, **threat).grads
 
-    eager = threat_models.aggregated_update(victim, variables, x, labels, key=jax.random.key(5), defense=specs,
-                                            **threat, **settings).grads
+    eager = threat_models.aggregated_update(victim, variables, x, labels, key=jax.random.key(5), defense=defense,
+                                            **threat).grads
     close(shared(x, labels, jax.random.key(5)), eager, rtol=1e-5, atol=1e-7)
     simulated = threat_models.attacker_update_fn(victim, variables, **threat)(variables["params"], x, labels)
     assert jax.tree.structure(simulated) == jax.tree.structure(eager)

@@ -21,15 +21,17 @@ from gipip_jax import attack  # noqa: E402
 from gipip_jax.autoencoder import init_autoencoder_params, make_autoencoder  # noqa: E402
 from gipip_jax.client import victim_gradient  # noqa: E402
 from gipip_jax.data import DatasetInfo  # noqa: E402
-from gipip_jax.objectives import ObjectiveWeights, make_objective  # noqa: E402
+from gipip_jax.objectives import make_objective  # noqa: E402
 from gipip_jax.victims import make_victim  # noqa: E402
 
 INFO = DatasetInfo("cifar10", (16, 16, 3), 10, (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261),
                    tuple(str(i) for i in range(10)))
 ITERATIONS = 8  # milestones at steps 2, 5, 7: the run below crosses all three
+GIPIP_TERMS = {"tv": {"weight": 1e-2}, "anomaly": {"weight": 1e-1, "offset": 0.001}}
 
 
-def _setup(name, weights=ObjectiveWeights(tv=1e-2, anomaly=1e-1, anomaly_offset=0.001)):
+def _setup(name, terms=GIPIP_TERMS):
+    """terms: the objective's terms (tv, anomaly); the reference gets the same numbers (0 for a term not in it)."""
     victim = make_victim(name, INFO.num_classes, INFO.image_shape)
     variables = victim.init(jax.random.key(0))
     keys = jax.random.split(jax.random.key(1), 6)
@@ -38,7 +40,7 @@ def _setup(name, weights=ObjectiveWeights(tv=1e-2, anomaly=1e-1, anomaly_offset=
     variables = {"params": variables["params"], "batch_stats": stats}
     ae = make_autoencoder()
     ae_params = init_autoencoder_params(ae, keys[1], INFO.image_shape)
-    objective = make_objective(victim, variables, INFO, weights=weights,
+    objective = make_objective(victim, variables, INFO, terms=terms,
                                reconstruct=lambda x: ae.apply({"params": ae_params}, x))
     x01 = jax.random.uniform(keys[2], (2, *INFO.image_shape))
     labels = jnp.array([3, 7])
@@ -46,8 +48,10 @@ def _setup(name, weights=ObjectiveWeights(tv=1e-2, anomaly=1e-1, anomaly_offset=
     net = reference.port_victim(name, variables, INFO.num_classes)
     t_labels = torch.tensor(np.asarray(labels), dtype=torch.int64)
     t_target = reference.target_gradients(net, reference.nhwc_to_nchw(INFO.normalize(x01)), t_labels)
-    ref = reference.ReferenceAttack(net, t_target, t_labels, mean=INFO.mean, std=INFO.std, tv=weights.tv,
-                                    anomaly=weights.anomaly, offset=weights.anomaly_offset,
+    tv, anomaly = (terms.get(name, {}).get("weight", 0.0) for name in ("tv", "anomaly"))
+    offset = terms.get("anomaly", {}).get("offset", 0.0)
+    ref = reference.ReferenceAttack(net, t_target, t_labels, mean=INFO.mean, std=INFO.std, tv=tv,
+                                    anomaly=anomaly, offset=offset,
                                     ae=reference.port_autoencoder(ae_params), iterations=ITERATIONS)
     return objective, target, labels, ref, jax.random.normal(keys[3], x01.shape)
 
@@ -70,7 +74,7 @@ def test_optimizer_steps_match():
     bounds: there the two libraries take different subgradients (d|t|/dt at 0: JAX 1, PyTorch 0;
     d clip/dt at a bound: JAX 1/2, PyTorch 1). Values and gradients away from ties agree (above).
     """
-    objective, target, labels, ref, x = _setup("convnet_tiny", ObjectiveWeights())
+    objective, target, labels, ref, x = _setup("convnet_tiny", {})
     att = attack.make_attack(objective, attack.make_optimizer(0.1, ITERATIONS, signed=False), INFO.bounds())
     state = att.init(jax.random.key(0), x.shape)._replace(x=x)
     state = state._replace(opt_state=attack.make_optimizer(0.1, ITERATIONS, signed=False).init(x))

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gipip_jax import attack, checkpoints, cli, convs, labels, study, victims
+from gipip_jax import attack, checkpoints, cli, convs, engine, labels, study, victims
 from gipip_jax.client import victim_gradient
 from gipip_jax.data import DatasetInfo
-from gipip_jax.objectives import ObjectiveWeights, make_objective
+from gipip_jax.objectives import make_objective
 from gipip_jax.victims import make_victim
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -62,12 +62,18 @@ def test_attack_on_a_file_victim_runs_and_reads_its_label(in_repo):
     target_labels = jnp.array([2])
     target = victim_gradient(victim, variables, INFO.normalize(x01), target_labels)
     assert labels.idlg(target, INFO.num_classes).tolist() == [2]  # the last dense layer's gradient is found
-    objective = make_objective(victim, variables, INFO, weights=ObjectiveWeights(tv=1e-2))
+    terms = {"tv": {"weight": 1e-2}}
+    objective = make_objective(victim, variables, INFO, terms=terms)
     optimizer = attack.make_optimizer(0.1, 6, signed=True)
-    invert = attack.make_inverter(objective, optimizer, INFO.bounds(), INFO.denormalize, iterations=6,
-                                  chunk_size=3, log=lambda _: None)
-    result = invert(target, target_labels, jax.random.key(2), (1, *INFO.image_shape))
-    assert np.isfinite(result.loss) and result.images01.shape == (1, *INFO.image_shape)
+    shape = (1, *INFO.image_shape)
+    eng = engine.Engine(lambda conv: objective, optimizer, INFO.bounds(), INFO.denormalize, shape=shape,
+                        chunk_size=3, max_tries=0, mesh=engine.make_mesh(jax.devices()[:1]))
+    inputs = engine.AttackInputs(jax.tree.map(lambda g: np.asarray(g)[None], target),
+                                 np.asarray(target_labels)[None], engine.per_attack_terms([terms]),
+                                 np.asarray(jax.random.key_data(jax.random.key(2)))[None])
+    _, result = eng.run_wave(eng.program(engine.Plan("unroll", 1, 1), inputs), inputs, 6)
+    assert not result.failed[0] and result.steps[0] == 6
+    assert np.isfinite(result.loss[0]) and result.images01[0].shape == shape
 
 
 def test_register_makes_a_name_work_everywhere(tmp_path):

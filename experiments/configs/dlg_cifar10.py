@@ -7,6 +7,8 @@ iterations); here one iteration is one L-BFGS update, and 6,000 are used (3,000 
 targets below 30 dB). Labels are not given:
 each record holds the argmax of the learned soft label and its accuracy.
 
+A study config like every attack config (`gipip-jax attack` runs its attacks one per device).
+
 Commands, from the repository root:
   gipip-jax attack --config experiments/configs/dlg_cifar10.py:smoke --workdir runs/dlg_smoke
       1 target, 300 iterations: ~30 s on the 2-core CPU (mostly compile)
@@ -20,6 +22,8 @@ optimized): --set attack.labels=idlg (bs 1) or yin / llg / bias_count (any bs); 
 
 import ml_collections
 
+from gipip_jax.study import ENGINE_DEFAULTS, THREAT_DEFAULTS, default_grid
+
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
@@ -27,15 +31,18 @@ def get_config(arg=None):
     c.seed = 0
     c.data = dict(name="cifar10", split="test", data_dir=None, cache_dir=None, image_size=None)
     c.targets = dict(starts=list(range(8)), batch_size=1, unique_labels=True)
-    c.victim = dict(name="lenet", checkpoint="", init_seed=0)
+    c.victim = dict(name="lenet", checkpoint="", init_seed=0, init="flax")
     c.prior = dict(checkpoint="", offset=None)
-    c.attack = dict(optimizer="lbfgs", labels="dlg", matching="l2", tv_weight=0.0, as_weight=0.0, bn_weight=0.0,
-                    learning_rate=1.0, signed=False, iterations=6_000, restarts=1, chunk_size=100, conv="auto")
+    c.attack = dict(optimizer="lbfgs", labels="dlg", matching="l2", iterations=6_000, restarts=1, max_tries=2,
+                    restart_selection="matching")
+    c.threat = dict(THREAT_DEFAULTS)
+    c.grid = default_grid()
+    c.engine = dict(ENGINE_DEFAULTS, chunk_size=100, checkpoint_every=1000)
     c.metrics = dict(lpips_net="alexnet")
     if arg == "smoke":
         c.targets.starts = [0]
         c.attack.iterations = 300
-        c.attack.chunk_size = 50
+        c.engine.chunk_size = 50
     elif arg:
         raise ValueError(f"unknown config argument {arg!r}; use ':smoke' or nothing")
     return c

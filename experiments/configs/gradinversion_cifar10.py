@@ -26,7 +26,7 @@ def get_config(arg=None):
     c.name = "gradinversion_bn"
     c.targets.batch_size = 4
     c.attack.labels = "yin"
-    c.attack.bn_weight = 1e-2
+    c.grid.bn_weight = [1e-2]
     if arg == "smoke":
         c.victim.name = "convnet_tiny"
     return c

@@ -19,5 +19,5 @@ def get_config(arg=None):
     gipip = runpy.run_path(str(pathlib.Path(__file__).with_name("gipip_cifar10.py")))
     c = gipip["get_config"](arg)
     c.name = "ig"
-    c.attack.as_weight = 0.0
+    c.grid.as_weight = [0.0]
     return c

@@ -12,7 +12,7 @@ Commands, from the repository root:
   gipip-jax attack --config experiments/configs/ig_paper_cifar10.py --workdir runs/ig_paper_cifar10
       8 targets x 24,000 iterations: ~33 h on the 2-core CPU at ~1.6 steps/s (not run there)
 Add the BN-statistics prior (needs a victim with trained running statistics):
-  --set attack.bn_weight=1e-2 --set victim.checkpoint=W/victim   (see gradinversion_cifar10.py)
+  --set "grid.bn_weight=[1e-2]" --set victim.checkpoint=W/victim   (see gradinversion_cifar10.py)
 """
 
 import pathlib
@@ -23,8 +23,8 @@ def get_config(arg=None):
     c = runpy.run_path(str(pathlib.Path(__file__).with_name("gipip_cifar10.py")))["get_config"](arg)
     c.name = "ig_paper"
     c.prior.checkpoint = ""
-    c.attack.update(dict(matching="cosine", tv_weight=1e-4, as_weight=0.0, signed=True, learning_rate=0.1,
-                         iterations=24_000 if arg != "smoke" else 200, restarts=1,
-                         optimizer="adam", labels="given", bn_weight=0.0))
+    c.attack.update(dict(matching="cosine", signed=True, learning_rate=0.1,
+                         iterations=24_000 if arg != "smoke" else 200, restarts=1, optimizer="adam", labels="given"))
+    c.grid.update(dict(tv_weight=[1e-4], as_weight=[0.0], bn_weight=[0.0]))
     c.targets.unique_labels = True
     return c

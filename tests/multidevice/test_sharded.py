@@ -12,7 +12,7 @@ import pytest
 from gipip_jax import attack, engine
 from gipip_jax.client import victim_gradient
 from gipip_jax.data import DatasetInfo
-from gipip_jax.objectives import ObjectiveWeights, make_objective
+from gipip_jax.objectives import make_objective
 from gipip_jax.victims import make_victim
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices: set "
@@ -30,12 +30,12 @@ def inputs_and_builder():
     labels = np.arange(N)[:, None] % INFO.num_classes
     grads = jax.vmap(lambda x, y: victim_gradient(victim, variables, INFO.normalize(x), y))(x01, labels)
     inputs = engine.AttackInputs(jax.tree.map(np.asarray, grads), labels.astype(np.int32),
-                                 engine.per_attack_weights(N, tv=np.linspace(0, 0.1, N)),
+                                 engine.per_attack_terms([{"tv": {"weight": w}} for w in np.linspace(0, 0.1, N)]),
                                  np.asarray(jax.vmap(jax.random.key_data)(jax.random.split(jax.random.key(2), N))))
 
     def build(conv):
         v = make_victim("convnet_tiny", INFO.num_classes, INFO.image_shape, conv=conv)
-        return make_objective(v, variables, INFO, weights=ObjectiveWeights(tv=1.0))
+        return make_objective(v, variables, INFO, terms={"tv": {"weight": 1.0}})
 
     return inputs, build
 
