@@ -1,11 +1,13 @@
-"""Study runner: a config's grid of attacks, run in waves by the batched engine, resumable.
+"""Study runner, the one runner of attacks: a config's grid of attacks, run in waves by the
+batched engine, resumable.
 
-    gipip-jax study --config experiments/configs/study_cifar10.py:smoke --workdir W
+    gipip-jax study  --config experiments/configs/study_cifar10.py:smoke --workdir W  (measured waves)
+    gipip-jax attack --config experiments/configs/gipip_cifar10.py:smoke --workdir W  (`sequential`:
+                     one attack per device, no probing; same records)
 
-A study is targets x settings x restarts. `config.grid` lists per-attack settings: objective
-weights (tv_weight, as_weight, as_offset — None: the AE checkpoint's c — bn_weight and
-feature_weight), which are
-traced values of the one compiled program, and defense settings (`defenses.DEFENSE_DEFAULTS`
+A study is targets x settings x restarts. `config.grid` lists per-attack settings: the objective
+terms' fields (objectives.TERMS: tv_weight, as_weight, as_offset — None: the AE checkpoint's c —
+bn_weight and feature_weight), which are traced values of the one compiled program, and defense settings (`defenses.DEFENSE_DEFAULTS`
 fields, e.g. noise_std, prune_sparsity, clip_norm, dp_clip_norm), which change only the client's
 shared update. Every combination is attacked on every target batch, `attack.restarts` times from
 different keys. The threat model (`config.threat`: FedSGD or FedAvg local steps, clients in the
