@@ -98,7 +98,9 @@ def make_attack(objective: Objective, optimizer: optax.GradientTransformation, b
 
     line_search: the optimizer follows optax's value_fn protocol (`make_lbfgs`): it is given the
     objective to evaluate and its state caches the value and gradient. Such an attack keeps the
-    best params seen, since near an exact match float32 L-BFGS can jump away from the minimum.
+    best params seen, since near an exact match float32 L-BFGS can jump away from the minimum. Use
+    it with a parameterization that does not project (e.g. "dlg"): a projection would make the
+    cached value that of a point the attack is no longer at.
     """
     if parameterization is None:
         if bounds is None:
