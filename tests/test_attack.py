@@ -33,9 +33,7 @@ def run_engine(objective, target, labels, *, key, chunk_size=10, iterations=ITER
     optimizer = attack.make_optimizer(0.1, iterations, signed=False)
     eng = engine.Engine(lambda conv: objective, optimizer, INFO.bounds(), INFO.denormalize,
                         shape=(1, *INFO.image_shape), chunk_size=chunk_size, mesh=engine.make_mesh(jax.devices()[:1]))
-    inputs = engine.AttackInputs(jax.tree.map(lambda g: np.asarray(g)[None], target), np.asarray(labels)[None],
-                                 engine.per_attack_terms([TERMS]), np.asarray(jax.random.key_data(jax.random.key(key)))[None])
-    return eng.run_wave(eng.program(engine.Plan("unroll", 1, 1), inputs), inputs, iterations)[1]
+    return eng.run(engine.attack_inputs(target, labels, TERMS, jax.random.key(key)), iterations)
 
 
 def test_step_schedule_decays_at_reference_milestones():

@@ -39,9 +39,7 @@ def run(info, objective, target, given, *, learn_labels, iterations, key):
     eng = engine.Engine(lambda conv: objective, attack.make_lbfgs(), None, info.denormalize, shape=(1, *info.image_shape),
                         chunk_size=50, max_tries=0, line_search=True, mesh=engine.make_mesh(jax.devices()[:1]),
                         parameterization=parameterizations.dlg(info.num_classes, learn_labels=learn_labels))
-    inputs = engine.AttackInputs(jax.tree.map(lambda g: np.asarray(g)[None], target), np.asarray(given)[None],
-                                 engine.per_attack_terms([{}]), np.asarray(jax.random.key_data(jax.random.key(key)))[None])
-    return eng.run_wave(eng.program(engine.Plan("unroll", 1, 1), inputs), inputs, iterations)[1]
+    return eng.run(engine.attack_inputs(target, given, {}, jax.random.key(key)), iterations)
 
 
 def test_lbfgs_steps_trace_once_and_keep_the_best(setup):

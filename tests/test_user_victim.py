@@ -68,10 +68,7 @@ def test_attack_on_a_file_victim_runs_and_reads_its_label(in_repo):
     shape = (1, *INFO.image_shape)
     eng = engine.Engine(lambda conv: objective, optimizer, INFO.bounds(), INFO.denormalize, shape=shape,
                         chunk_size=3, max_tries=0, mesh=engine.make_mesh(jax.devices()[:1]))
-    inputs = engine.AttackInputs(jax.tree.map(lambda g: np.asarray(g)[None], target),
-                                 np.asarray(target_labels)[None], engine.per_attack_terms([terms]),
-                                 np.asarray(jax.random.key_data(jax.random.key(2)))[None])
-    _, result = eng.run_wave(eng.program(engine.Plan("unroll", 1, 1), inputs), inputs, 6)
+    result = eng.run(engine.attack_inputs(target, target_labels, terms, jax.random.key(2)), 6)
     assert not result.failed[0] and result.steps[0] == 6
     assert np.isfinite(result.loss[0]) and result.images01[0].shape == shape
 
