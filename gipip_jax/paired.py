@@ -10,32 +10,25 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-BOOTSTRAP_CHUNK = 1000   # resamples drawn at once (bounds memory for long traces)
+BOOTSTRAP_BATCH = 1000   # resamples scipy evaluates at once (bounds memory for long traces)
 
 
 def bootstrap_mean_ci(values, *, confidence: float = 0.95, resamples: int = 10000,
                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Percentile-bootstrap CI of the mean over axis 0 (targets) of `values` (n, ...).
 
-    Each resample draws n targets with replacement (multinomial counts, so a whole trace (n, steps)
-    is resampled as one); deterministic by `seed`. Returns (low, high) with the trailing shape; NaN
-    where n < 2.
+    scipy.stats.bootstrap; each resample draws n targets with replacement, the same draws for every
+    trailing entry (a whole trace (n, steps) is resampled as one); deterministic by `seed`. Returns
+    (low, high) with the trailing shape; NaN where n < 2.
     """
     values = np.asarray(values, float)
-    n = values.shape[0]
-    if n < 2:
+    if values.shape[0] < 2:
         nan = np.full(values.shape[1:], np.nan)
         return nan, nan.copy()
-    rng = np.random.default_rng(seed)
-    flat = values.reshape(n, -1)
-    means = []
-    for start in range(0, resamples, BOOTSTRAP_CHUNK):
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(BOOTSTRAP_CHUNK, resamples - start))
-        means.append(counts @ flat / n)
-    means = np.concatenate(means)
-    alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1.0 - alpha], axis=0)
-    return low.reshape(values.shape[1:]), high.reshape(values.shape[1:])
+    ci = stats.bootstrap((values,), np.mean, axis=0, vectorized=True, n_resamples=resamples,
+                         batch=BOOTSTRAP_BATCH, confidence_level=confidence, method="percentile",
+                         rng=np.random.default_rng(seed)).confidence_interval
+    return np.asarray(ci.low), np.asarray(ci.high)
 
 
 def wilcoxon_p(differences) -> float:
