@@ -53,31 +53,14 @@ def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
     return pix.ssim(a, b, max_val=1.0, filter_size=11, filter_sigma=1.5)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-    """Normalized 2-D Gaussian window (size, size), as inversefed's `create_window`."""
-    g = np.exp(-((np.arange(size) - size // 2) ** 2) / (2 * sigma**2))
-    g /= g.sum()
-    return np.outer(g, g)
-
-
-@jax.jit
 def ssim_padded_map(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Per-pixel SSIM map of inversefed's `ssim`, (B, H, W, C): 11x11 Gaussian window (sigma 1.5)
-    per channel (depthwise), zero padding of 5 so the map is full size, C1 = 0.01**2, C2 = 0.03**2.
-    Cropping 5 pixels off each side gives dm-pix's valid-region map (see `ssim`)."""
-    size, channels = 11, a.shape[-1]
-    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-    stacked = jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1)  # one depthwise conv for all five
-    kernel = jnp.asarray(np.tile(_gaussian_window(size)[:, :, None, None], (1, 1, 1, 5 * channels)), jnp.float32)
-    pad = size // 2
-    filtered = jax.lax.conv_general_dilated(
-        stacked, kernel, window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=5 * channels,
-        precision=jax.lax.Precision.HIGHEST)
-    mu_a, mu_b, e_aa, e_bb, e_ab = jnp.split(filtered, 5, axis=-1)
-    var_a, var_b, cov = e_aa - mu_a**2, e_bb - mu_b**2, e_ab - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    """Per-pixel SSIM map of inversefed's `ssim`, (B, H, W, C): dm-pix's SSIM with its window, an
+    11x11 Gaussian (sigma 1.5) per channel, applied with zero padding ("SAME") so the map is full size;
+    C1 = 0.01**2, C2 = 0.03**2. Cropping 5 pixels off each side gives dm-pix's valid-region map (`ssim`)."""
+    blur = functools.partial(pix.gaussian_blur, sigma=1.5, kernel_size=11, padding="SAME")
+    with jax.default_matmul_precision("highest"):   # full float32 convolutions on GPUs too (no TF32)
+        return pix.ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), max_val=1.0,
+                        filter_fn=blur, return_map=True)
 
 
 @jax.jit
