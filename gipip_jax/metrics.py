@@ -53,6 +53,7 @@ def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
     return pix.ssim(a, b, max_val=1.0, filter_size=11, filter_sigma=1.5)
 
 
+@jax.jit
 def ssim_padded_map(a: jax.Array, b: jax.Array) -> jax.Array:
     """Per-pixel SSIM map of inversefed's `ssim`, (B, H, W, C): dm-pix's SSIM with its window, an
     11x11 Gaussian (sigma 1.5) per channel, applied with zero padding ("SAME") so the map is full size;
