@@ -2,7 +2,8 @@
 
 Every target is attacked by both arms, so the unit of comparison is the per-target difference
 treatment − baseline: its mean with a percentile-bootstrap confidence interval (resampling targets),
-its median, a two-sided Wilcoxon signed-rank test and the count of targets better / worse.
+its median, a two-sided Wilcoxon signed-rank test and the count of targets better / worse, and a
+verdict that needs both the interval and the test to agree.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+SIGNIFICANCE = 0.05      # Wilcoxon level a verdict of gain / loss needs (with a CI excluding 0)
+MIN_TARGETS = 6          # fewer pairs can never reach it: a two-sided signed-rank p is at least 2 / 2**n
 BOOTSTRAP_BATCH = 1000   # resamples scipy evaluates at once (bounds memory for long traces)
 
 
@@ -58,6 +61,19 @@ def paired_stats(treatment, baseline, *, confidence: float = 0.95, resamples: in
     return {"n": len(d), "mean": float(d.mean()) if len(d) else nan, "median": float(np.median(d)) if len(d) else nan,
             "ci_low": float(low), "ci_high": float(high), "p_value": wilcoxon_p(d),
             "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "confidence": confidence}
+
+
+def verdict(s: dict) -> str:
+    """The reading of a paired_stats dict: "gain" / "loss" when the CI lies above / below 0 and the
+    Wilcoxon p < SIGNIFICANCE; "no gain beyond noise" when the CI contains 0 and p >= SIGNIFICANCE (or
+    every difference is 0); "inconclusive" when the CI and the test disagree (e.g. one outlying target
+    moves the mean); "too few targets" below MIN_TARGETS pairs, where no outcome could be significant."""
+    if s["n"] < MIN_TARGETS:
+        return "too few targets"
+    significant = bool(s["p_value"] < SIGNIFICANCE)   # NaN (all differences 0) is not significant
+    if s["ci_low"] > 0 or s["ci_high"] < 0:
+        return ("gain" if s["ci_low"] > 0 else "loss") if significant else "inconclusive"
+    return "inconclusive" if significant else "no gain beyond noise"
 
 
 def failure_rate(values, threshold: float) -> float:

@@ -20,7 +20,8 @@ in their name (load). Per target the restart `config.attack.restart_selection` p
 failure rate (targets below 15 dB). Each non-baseline cell is paired per target with the baseline
 (the manifest's, else the study's λ_AS = 0 arm): mean difference with its 95 % bootstrap CI, median,
 targets better/worse and the Wilcoxon signed-rank p, for PSNR and the authors' zero-padded SSIM
-(`ssim_padded`; older records fall back to dm-pix SSIM, marked †). The paper's SSIM values are the
+(`ssim_padded`; older records fall back to dm-pix SSIM, marked †), and a verdict per cell (gain, loss,
+no gain beyond noise, inconclusive: paired.verdict). The paper's SSIM values are the
 authors' zero-padded SSIM and are shown next to ssim_padded only.
 
 Writes W/report.md, W/report.html and W/report/ with one PNG per metric (metric vs x with std error
@@ -41,7 +42,7 @@ import ml_collections
 import numpy as np
 
 from gipip_jax import results, summarize
-from gipip_jax.paired import failure_rate, format_delta, format_p
+from gipip_jax.paired import MIN_TARGETS, SIGNIFICANCE, failure_rate, format_delta, format_p, verdict
 from gipip_jax.report_plots import (METRICS, cell_stats, hashable, plot_gap, plot_grad_norms, plot_metric,
                                    save_labelled_grid)
 
@@ -180,11 +181,15 @@ def _fmt(mean: float, std: float) -> str:
     return "–" if np.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
 
 
-def table(manifest: dict, groups: dict, paired: dict | None = None) -> tuple[list[str], list[list[str]], list[str]]:
+def comparisons(paired: dict) -> dict[tuple, dict]:
+    """Per non-baseline cell (of `pairs`): summarize.compare's paired statistics for PSNR and SSIM."""
+    return {key: summarize.compare(ps) for key, ps in paired.items()}
+
+
+def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows and notes: one row per cell with n ok / n, metrics (mean ± std; PSNR median and
     failure rate), paired Δ against the baseline with CI and Wilcoxon p, and the paper's values."""
-    paired = pairs(manifest, groups) if paired is None else paired
-    compared = {key: summarize.compare(ps) for key, ps in paired.items()}
+    compared = comparisons(pairs(manifest, groups)) if compared is None else compared
     baseline = baseline_name(manifest)
     paper = {(p["series"], hashable(p["x"]), p["metric"]): p["value"] for p in manifest.get("paper", [])}
     paper_metrics = sorted({p["metric"] for p in manifest.get("paper", [])})
@@ -217,6 +222,20 @@ def table(manifest: dict, groups: dict, paired: dict | None = None) -> tuple[lis
     notes = ["† these records predate ssim_padded: the SSIM difference is dm-pix SSIM, not the authors' "
              "(not comparable with the paper's values)."] if fallback else []
     return header, rows, notes
+
+
+def verdicts(manifest: dict, compared: dict) -> list[str]:
+    """One sentence per non-baseline cell: paired.verdict for PSNR and the authors' SSIM, with the
+    numbers it rests on (mean Δ [95 % CI], median, better/worse, Wilcoxon p)."""
+    lines = []
+    for (series, x), c in compared.items():
+        ssim = SSIM_AUTHORS if c["ssim_padded"] else "SSIM (dm-pix)"
+        parts = [f"{name}: {verdict(c[key])} (Δ {format_delta(c[key], digits)}, p {format_p(c[key]['p_value'])})"
+                 for key, name, digits in (("psnr", "PSNR", 2), ("ssim", ssim, 3))]
+        where = "" if x is None else f", {x}"
+        lines.append(f"{series}{where}, against {baseline_name(manifest)} on {c['psnr']['n']} paired targets: "
+                     + "; ".join(parts) + ".")
+    return lines
 
 
 def _reconstructions(workdir: str, directory: str) -> dict[int, np.ndarray]:
@@ -281,7 +300,8 @@ def build(workdir: str) -> dict:
     paired = pairs(manifest, groups)
     folder = os.path.join(workdir, "report")
     os.makedirs(folder, exist_ok=True)
-    header, rows, notes = table(manifest, groups, paired)
+    compared = comparisons(paired)
+    header, rows, notes = table(manifest, groups, compared)
     # The SSIM plot: the authors' zero-padded SSIM (next to the paper's values) when the records have it.
     ssim = "ssim_padded" if any("ssim_padded" in r for r in records if r.get("status") == "ok") else "ssim"
     plots = [(m, os.path.join(folder, f"{m}.png")) for m in ("psnr", ssim, "lpips")]
@@ -305,7 +325,16 @@ def build(workdir: str) -> dict:
                         "bootstrap CI over targets, median, targets better/worse, two-sided Wilcoxon signed-rank p."
                         + (f" The paper's SSIM values are the authors' zero-padded SSIM: compare them with {SSIM_AUTHORS}, "
                            "not dm-pix SSIM." if manifest.get("paper") else "")))
-    blocks += [("h2", "Results"), ("table", (header, rows))] + [("p", n) for n in notes] + [("h2", "Plots")]
+    blocks += [("h2", "Results"), ("table", (header, rows))] + [("p", n) for n in notes]
+    if compared:
+        blocks += [("h2", "Verdict"),
+                   ("p", f"Per arm against {baseline_name(manifest)}: gain / loss when the 95 % bootstrap CI of the "
+                         f"mean paired difference excludes 0 and the Wilcoxon p < {SIGNIFICANCE:g}; no gain beyond "
+                         f"noise when the CI contains 0 and p >= {SIGNIFICANCE:g}; inconclusive when the two disagree; "
+                         f"too few targets below {MIN_TARGETS} pairs (no outcome of fewer could reach p < "
+                         f"{SIGNIFICANCE:g}).")]
+        blocks += [("p", line) for line in verdicts(manifest, compared)]
+    blocks.append(("h2", "Plots"))
     blocks += [("img", (METRICS[m], os.path.relpath(p, workdir))) for m, p in plots]
     blocks += [("img", (title, os.path.relpath(p, workdir))) for title, p in traces]
     blocks.append(("h2", "Reconstructions"))

@@ -26,7 +26,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from gipip_jax.paired import failure_rate, format_delta, format_p, paired_stats
+from gipip_jax.paired import failure_rate, format_delta, format_p, paired_stats, verdict
 from gipip_jax.results import read_records
 
 METRICS = ("psnr", "ssim", "ssim_padded", "ssim_best_match", "lpips", "label_accuracy", "seconds")
@@ -152,7 +152,7 @@ def _labels(groups: dict) -> dict:
 
 def table(records: list[dict]) -> str:
     """Markdown table of mean ± std per arm (failed attacks counted, not averaged) and its paired
-    differences against its λ_AS = 0 baseline."""
+    differences against its λ_AS = 0 baseline, with the PSNR verdict (paired.verdict)."""
     best = best_restarts(records)
     groups = defaultdict(list)
     for r in best:
@@ -161,7 +161,7 @@ def table(records: list[dict]) -> str:
     labels = _labels(groups)
     header = ["attack", "model", "bs", "iterations", "λ_TV", "λ_AS", "other settings", "n ok / n",
               *(HEADERS.get(m, m) for m in METRICS), "psnr median", f"psnr < {FAILURE_PSNR:g} dB",
-              "Δpsnr vs λ_AS=0: mean [95 % CI], median, better/worse", "p (Wilcoxon)",
+              "Δpsnr vs λ_AS=0: mean [95 % CI], median, better/worse", "p (Wilcoxon)", "psnr verdict",
               "Δssim_padded vs λ_AS=0: mean [95 % CI], median, better/worse", "p (Wilcoxon)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     fallback = False
@@ -179,10 +179,10 @@ def table(records: list[dict]) -> str:
             c = compare(pairs[key])
             mark = "" if c["ssim_padded"] else " †"
             fallback |= not c["ssim_padded"]
-            cells += [format_delta(c["psnr"], 2), format_p(c["psnr"]["p_value"]),
+            cells += [format_delta(c["psnr"], 2), format_p(c["psnr"]["p_value"]), verdict(c["psnr"]),
                       format_delta(c["ssim"], 3) + mark, format_p(c["ssim"]["p_value"])]
         else:
-            cells += ["–"] * 4
+            cells += ["–"] * 5
         lines.append("| " + " | ".join(cells) + " |")
     if fallback:
         lines += ["", "† dm-pix ssim: these records predate ssim_padded (the authors' zero-padded SSIM)."]

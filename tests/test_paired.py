@@ -1,4 +1,4 @@
-"""Paired statistics: bootstrap CI of the mean difference, Wilcoxon p, failure rate."""
+"""Paired statistics: bootstrap CI of the mean difference, Wilcoxon p, verdict, failure rate."""
 
 import numpy as np
 import pytest
@@ -60,3 +60,22 @@ def test_failure_rate_counts_values_below_the_threshold_and_nan():
     assert paired.failure_rate([10.0, 14.9, 15.0, 20.0], 15.0) == 0.5
     assert paired.failure_rate([16.0, np.nan], 15.0) == 0.5
     assert np.isnan(paired.failure_rate([], 15.0))
+
+
+def test_verdict_needs_the_ci_and_the_test_to_agree():
+    rng = np.random.default_rng(2)
+    baseline = rng.normal(15.0, 3.0, 12)
+    assert paired.verdict(paired.paired_stats(baseline + 1.0 + rng.normal(0, 0.2, 12), baseline)) == "gain"
+    assert paired.verdict(paired.paired_stats(baseline - 1.0 + rng.normal(0, 0.2, 12), baseline)) == "loss"
+    symmetric = np.array([-3.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 3.0])
+    assert paired.verdict(paired.paired_stats(10.0 + symmetric, np.full(8, 10.0))) == "no gain beyond noise"
+    # 6 targets gain 2 dB, 4 lose 0.1 dB: the mean's CI is well above 0, but the 4 losses take the ranks
+    # 1-4 (W- = 10 of 55, two-sided p ~ 0.08): the rank test does not agree
+    mixed = paired.paired_stats(10.0 + np.array([2.0] * 6 + [-0.1] * 4), np.full(10, 10.0))
+    assert mixed["ci_low"] > 0.3 and 0.05 < mixed["p_value"] < 0.1
+    assert paired.verdict(mixed) == "inconclusive"
+    assert paired.verdict(paired.paired_stats([1.0] * 6, [1.0] * 6)) == "no gain beyond noise"   # all equal
+    # 5 targets, all better: the smallest two-sided p of 5 pairs is 2 / 32 > 0.05
+    few = paired.paired_stats([11.0, 12.2, 13.1, 14.0, 15.5], [10.0, 11.0, 12.0, 13.0, 14.0])
+    assert few["ci_low"] > 0 and few["p_value"] == pytest.approx(2 / 32)
+    assert paired.verdict(few) == "too few targets"

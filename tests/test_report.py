@@ -41,6 +41,9 @@ def test_paired_differences_pair_each_target_with_its_baseline_record(tmp_path):
     assert rows[1][:6] == ["3.8", "GI-PIP", "2 / 2", "12.500 ± 1.500", "12.500", "100%"]
     assert rows[1][-4:-2] == ["+0.50 [+0.00, +1.00], med +0.50, 1↑/0↓", "1"]   # zeros dropped: one difference, p = 1
     assert rows[1][-2].endswith("†") and notes   # no ssim_padded in these records: dm-pix SSIM, marked
+    [line] = report.verdicts(manifest, report.comparisons(paired))
+    assert line.startswith("GI-PIP, 3.8, against IG on 2 paired targets: PSNR: too few targets (Δ +0.50 "
+                           "[+0.00, +1.00], med +0.50, 1↑/0↓, p 1); SSIM (dm-pix): ")
 
 
 def test_arms_differing_only_in_as_offset_are_two_cells(tmp_path):
@@ -109,7 +112,9 @@ def test_gap_and_gradient_norm_plots_from_traces(tmp_path, monkeypatch):
     assert [os.path.basename(p) for p in paths["traces"]] == ["gap_vs_iterations.png", "grad_norms.png"]
     for p in paths["traces"]:
         assert Image.open(p).size[0] > 300
-    assert "report/gap_vs_iterations.png" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "report/gap_vs_iterations.png" in text
+    assert "## Verdict" in text and "GI-PIP, default, against λ_AS = 0 on 3 paired targets: PSNR: too few targets" in text
     for r in study:   # records without traces: both plots skipped silently
         del r["trace"]
     os.remove(tmp_path / "results.jsonl")

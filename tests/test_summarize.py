@@ -63,5 +63,5 @@ def test_each_as_arm_is_paired_with_its_as_weight_0_arm():
     assert stats["psnr"]["ci_low"] > 0 and stats["ssim"]["mean"] == pytest.approx(0.05)
     text = summarize.table(records)
     gipip = [line for line in text.splitlines() if line.startswith("| study:gipip")][0]
-    assert "+1.03 [+1.01, +1.04], med +1.03, 6↑/0↓ | 0.031 |" in gipip   # exact Wilcoxon: 2 / 2**6
+    assert "+1.03 [+1.01, +1.04], med +1.03, 6↑/0↓ | 0.031 | gain |" in gipip   # exact Wilcoxon: 2 / 2**6
     assert "| 50% |" in text.splitlines()[2] and "†" not in text           # 12, 13, 14 of 12..17 below 15 dB
