@@ -72,9 +72,9 @@ def test_finished_study_compiles_nothing_and_reports_its_arms(uninterrupted, cap
 
 def test_killed_study_resumes_to_the_same_numbers(uninterrupted, tmp_path):
     reference, args = uninterrupted
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
     code = f"import sys; from gipip_jax import cli; sys.exit(cli.main({study(tmp_path, args)!r}))"
-    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the subprocess inherits the test settings (CPU, fast compiles) from conftest through os.environ
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wave = tmp_path / "state" / "wave_00001"
     deadline = time.time() + 600
     while not (wave.is_dir() and any(p.name.isdigit() for p in wave.iterdir())) and time.time() < deadline:
