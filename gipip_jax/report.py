@@ -44,10 +44,11 @@ import numpy as np
 from gipip_jax import results, summarize
 from gipip_jax.paired import MIN_TARGETS, SIGNIFICANCE, failure_rate, format_delta, format_p, verdict
 from gipip_jax.report_plots import (METRICS, cell_stats, hashable, plot_gap, plot_grad_norms, plot_metric,
-                                   save_labelled_grid)
+                                   save_labelled_grid, steering_share)
 
 SERIES_NAMES = {"ig": "IG", "gipip": "GI-PIP", "gan": "GAN prior", "dip": "DIP + features"}
 MAX_GRID_COLUMNS = 12
+STEERING = "‖λ_AS ∇AS‖ / ‖∇matching‖: end, peak (median over targets)"
 FAILURE_PSNR = summarize.FAILURE_PSNR
 SSIM_AUTHORS = "SSIM (authors', zero-padded)"
 
@@ -197,6 +198,9 @@ def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[l
               f"PSNR < {FAILURE_PSNR:g} dB", "SSIM (dm-pix)", SSIM_AUTHORS]
     header += [f"paper {SSIM_AUTHORS if m == 'ssim' else m.upper()}" for m in paper_metrics]
     header += ["LPIPS", "label acc."]
+    steering = {key: steering_share(group) for key, group in groups.items()}
+    if any(steering.values()):
+        header.append(STEERING)
     if compared:
         header += [f"ΔPSNR vs {baseline}: mean [95 % CI], median, better/worse", "ΔPSNR p (Wilcoxon)",
                    f"Δ{SSIM_AUTHORS} vs {baseline}: mean [95 % CI], median, better/worse", "ΔSSIM p (Wilcoxon)"]
@@ -210,6 +214,9 @@ def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[l
         row += [_fmt(*cell_stats(group, m)[:2]) for m in ("ssim", "ssim_padded")]
         row += [f"{paper[(series, x, m)]:.2f}" if (series, x, m) in paper else "–" for m in paper_metrics]
         row += [_fmt(*cell_stats(group, m)[:2]) for m in ("lpips", "label_accuracy")]
+        if any(steering.values()):
+            share = steering[(series, x)]
+            row.append("–" if share is None else f"{share[0]:.1e}, {share[1]:.1e}")
         if compared:
             c = compared.get((series, x))
             if c:
@@ -221,6 +228,10 @@ def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[l
         rows.append(row)
     notes = ["† these records predate ssim_padded: the SSIM difference is dm-pix SSIM, not the authors' "
              "(not comparable with the paper's values)."] if fallback else []
+    if any(steering.values()):
+        notes.append(f"{STEERING}: how much the anomaly-score prior steers the step — per target the ratio of "
+                     "the two gradient norms (w.r.t. the image) at the last trace point and at its largest; "
+                     "well below 1 means the matching term decides the step.")
     return header, rows, notes
 
 

@@ -168,6 +168,21 @@ def grad_norm_curves(groups: dict) -> dict:
     return out
 
 
+def steering_share(group: list[dict], term: str = "anomaly") -> tuple[float, float] | None:
+    """How much `term` steers the step: per target, ‖weighted ∇term‖ / ‖∇matching‖ at every trace point;
+    returns (median over targets of the last point's ratio, median over targets of the largest ratio),
+    or None when no trace has both norms with `term` switched on (a nonzero norm somewhere)."""
+    ratios = []
+    for t in map(_traced, group):
+        norms = (t or {}).get("grad_norms", {})
+        if "matching" in norms and any(norms.get(term) or []):
+            own, matching = (np.array(norms[k], float) for k in (term, "matching"))
+            ratios.append(np.where(matching > 0, own / np.where(matching > 0, matching, 1), np.nan))
+    if not ratios:
+        return None
+    return float(np.nanmedian([r[-1] for r in ratios])), float(np.nanmedian([np.nanmax(r) for r in ratios]))
+
+
 def plot_grad_norms(groups: dict, path: str) -> bool:
     """One panel per cell: the median over targets of every term's weighted gradient norm (w.r.t. the
     optimized image) vs iterations, log y — where AS's norm nears the matching term's, AS steers."""

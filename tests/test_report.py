@@ -107,6 +107,11 @@ def test_gap_and_gradient_norm_plots_from_traces(tmp_path, monkeypatch):
     assert low[1] < 1.1 < high[1] and low[2] == high[2] == 2.0
     norms = report_plots.grad_norm_curves(groups)
     np.testing.assert_allclose(norms[("GI-PIP", "default")][1]["anomaly"], [0.01, 0.05, 0.2])
+    header, rows, notes = report.table(manifest, groups)
+    steering = header.index(report.STEERING)   # IG has AS switched off; GI-PIP's ratios are 0.01, 0.1, 2
+    assert [row[steering] for row in rows] == ["–", "2.0e+00, 2.0e+00"] and report.STEERING in notes[-1]
+    assert report_plots.steering_share([{**study[1], "trace": _trace([0, 0, 0], {"anomaly": [0.5, 0.25, 0.01]})}]) \
+        == pytest.approx((0.1, 0.5))
     monkeypatch.setattr(report, "image_grids", lambda *args: [])   # no dataset needed
     paths = report.build(str(tmp_path))
     assert [os.path.basename(p) for p in paths["traces"]] == ["gap_vs_iterations.png", "grad_norms.png"]
