@@ -199,7 +199,8 @@ def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[l
     header += [f"paper {SSIM_AUTHORS if m == 'ssim' else m.upper()}" for m in paper_metrics]
     header += ["LPIPS", "label acc."]
     steering = {key: steering_share(group) for key, group in groups.items()}
-    if any(steering.values()):
+    show_steering = any(steering.values())
+    if show_steering:
         header.append(STEERING)
     if compared:
         header += [f"ΔPSNR vs {baseline}: mean [95 % CI], median, better/worse", "ΔPSNR p (Wilcoxon)",
@@ -214,7 +215,7 @@ def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[l
         row += [_fmt(*cell_stats(group, m)[:2]) for m in ("ssim", "ssim_padded")]
         row += [f"{paper[(series, x, m)]:.2f}" if (series, x, m) in paper else "–" for m in paper_metrics]
         row += [_fmt(*cell_stats(group, m)[:2]) for m in ("lpips", "label_accuracy")]
-        if any(steering.values()):
+        if show_steering:
             share = steering[(series, x)]
             row.append("–" if share is None else f"{share[0]:.1e}, {share[1]:.1e}")
         if compared:
@@ -228,7 +229,7 @@ def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[l
         rows.append(row)
     notes = ["† these records predate ssim_padded: the SSIM difference is dm-pix SSIM, not the authors' "
              "(not comparable with the paper's values)."] if fallback else []
-    if any(steering.values()):
+    if show_steering:
         notes.append(f"{STEERING}: how much the anomaly-score prior steers the step — per target the ratio of "
                      "the two gradient norms (w.r.t. the image) at the last trace point and at its largest; "
                      "well below 1 means the matching term decides the step.")

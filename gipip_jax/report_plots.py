@@ -177,7 +177,7 @@ def steering_share(group: list[dict], term: str = "anomaly") -> tuple[float, flo
         norms = (t or {}).get("grad_norms", {})
         if "matching" in norms and any(norms.get(term) or []):
             own, matching = (np.array(norms[k], float) for k in (term, "matching"))
-            ratios.append(np.where(matching > 0, own / np.where(matching > 0, matching, 1), np.nan))
+            ratios.append(own / np.where(matching > 0, matching, np.nan))
     if not ratios:
         return None
     return float(np.nanmedian([r[-1] for r in ratios])), float(np.nanmedian([np.nanmax(r) for r in ratios]))
