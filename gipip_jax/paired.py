@@ -3,7 +3,10 @@
 Every target is attacked by both arms, so the unit of comparison is the per-target difference
 treatment − baseline: its mean with a percentile-bootstrap confidence interval (resampling targets),
 its median, a two-sided Wilcoxon signed-rank test and the count of targets better / worse, and a
-verdict that needs both the interval and the test to agree.
+verdict that needs both the interval and the test to agree. Where one report compares several arms
+with the same baseline, their p-values of one metric are a family: `adjust_family` adds Holm's
+adjusted p, which the verdict then reads, so that the chance of any false gain or loss in the family
+stays below SIGNIFICANCE.
 """
 
 from __future__ import annotations
@@ -63,14 +66,33 @@ def paired_stats(treatment, baseline, *, confidence: float = 0.95, resamples: in
             "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "confidence": confidence}
 
 
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values of a family (step-down: the k-th smallest of the m finite
+    p-values times m - k + 1, made non-decreasing, at most 1); NaN entries stay NaN and do not count."""
+    p = np.asarray(p_values, float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    out[order] = np.minimum(1.0, np.maximum.accumulate((len(order) - np.arange(len(order))) * p[order]))
+    return out
+
+
+def adjust_family(family: list[dict]) -> None:
+    """Adds "p_holm" (Holm-adjusted over `family`) and "family_size" to each paired_stats dict in place."""
+    for s, adjusted in zip(family, holm([s["p_value"] for s in family])):
+        s["p_holm"], s["family_size"] = float(adjusted), len(family)
+
+
 def verdict(s: dict) -> str:
     """The reading of a paired_stats dict: "gain" / "loss" when the CI lies above / below 0 and the
-    Wilcoxon p < SIGNIFICANCE; "no gain beyond noise" when the CI contains 0 and p >= SIGNIFICANCE (or
-    every difference is 0); "inconclusive" when the CI and the test disagree (e.g. one outlying target
-    moves the mean); "too few targets" below MIN_TARGETS pairs, where no outcome could be significant."""
+    Wilcoxon p < SIGNIFICANCE (Holm's adjusted p where adjust_family added it); "no gain beyond noise"
+    when the CI contains 0 and p >= SIGNIFICANCE (or every difference is 0); "inconclusive" when the
+    CI and the test disagree (e.g. one outlying target moves the mean, or a significant single test
+    does not survive the family's adjustment); "too few targets" below MIN_TARGETS pairs, where no
+    outcome could be significant."""
     if s["n"] < MIN_TARGETS:
         return "too few targets"
-    significant = bool(s["p_value"] < SIGNIFICANCE)   # NaN (all differences 0) is not significant
+    significant = bool(s.get("p_holm", s["p_value"]) < SIGNIFICANCE)   # NaN (all differences 0) is not
     if s["ci_low"] > 0 or s["ci_high"] < 0:
         return ("gain" if s["ci_low"] > 0 else "loss") if significant else "inconclusive"
     return "inconclusive" if significant else "no gain beyond noise"
@@ -97,3 +119,11 @@ def format_delta(s: dict, digits: int = 2) -> str:
 def format_p(p: float) -> str:
     """A p-value with 2 significant digits ("–" for NaN)."""
     return "–" if np.isnan(p) else f"{p:.2g}"
+
+
+def format_tested(s: dict) -> str:
+    """The Wilcoxon p of a paired_stats dict, and Holm's adjusted p when its family has more than one
+    member: "0.012", "0.012 (Holm 0.036)"."""
+    if s.get("family_size", 1) > 1:
+        return f"{format_p(s['p_value'])} (Holm {format_p(s['p_holm'])})"
+    return format_p(s["p_value"])

@@ -19,7 +19,8 @@ in their name (load). Per target the restart `config.attack.restart_selection` p
 (summarize.best_restarts); a cell is mean ± std over its targets, plus the PSNR median and the
 failure rate (targets below 15 dB). Each non-baseline cell is paired per target with the baseline
 (the manifest's, else the study's λ_AS = 0 arm): mean difference with its 95 % bootstrap CI, median,
-targets better/worse and the Wilcoxon signed-rank p, for PSNR and the authors' zero-padded SSIM
+targets better/worse and the Wilcoxon signed-rank p (Holm-adjusted over the report's arms where
+there are several), for PSNR and the authors' zero-padded SSIM
 (`ssim_padded`; older records fall back to dm-pix SSIM, marked †), and a verdict per cell (gain, loss,
 no gain beyond noise, inconclusive: paired.verdict). The paper's SSIM values are the
 authors' zero-padded SSIM and are shown next to ssim_padded only.
@@ -42,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from gipip_jax import results, summarize
-from gipip_jax.paired import MIN_TARGETS, SIGNIFICANCE, failure_rate, format_delta, format_p, verdict
+from gipip_jax.paired import MIN_TARGETS, SIGNIFICANCE, failure_rate, format_delta, format_tested, verdict
 from gipip_jax.report_plots import (METRICS, cell_stats, hashable, plot_gap, plot_grad_norms, plot_metric,
                                    save_labelled_grid, steering_share)
 
@@ -183,8 +184,9 @@ def _fmt(mean: float, std: float) -> str:
 
 
 def comparisons(paired: dict) -> dict[tuple, dict]:
-    """Per non-baseline cell (of `pairs`): summarize.compare's paired statistics for PSNR and SSIM."""
-    return {key: summarize.compare(ps) for key, ps in paired.items()}
+    """Per non-baseline cell (of `pairs`): summarize.compare's paired statistics for PSNR and SSIM,
+    each metric's p-values Holm-adjusted over the report's cells (summarize.compare_all)."""
+    return summarize.compare_all(paired)
 
 
 def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[list[str], list[list[str]], list[str]]:
@@ -203,8 +205,9 @@ def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[l
     if show_steering:
         header.append(STEERING)
     if compared:
-        header += [f"ΔPSNR vs {baseline}: mean [95 % CI], median, better/worse", "ΔPSNR p (Wilcoxon)",
-                   f"Δ{SSIM_AUTHORS} vs {baseline}: mean [95 % CI], median, better/worse", "ΔSSIM p (Wilcoxon)"]
+        tested = "(Wilcoxon; Holm over the table's arms)" if len(compared) > 1 else "(Wilcoxon)"
+        header += [f"ΔPSNR vs {baseline}: mean [95 % CI], median, better/worse", f"ΔPSNR p {tested}",
+                   f"Δ{SSIM_AUTHORS} vs {baseline}: mean [95 % CI], median, better/worse", f"ΔSSIM p {tested}"]
     rows, fallback = [], False
     for (series, x), group in groups.items():
         ok = sum(r.get("status") == "ok" for r in group)
@@ -222,8 +225,8 @@ def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[l
             c = compared.get((series, x))
             if c:
                 fallback |= not c["ssim_padded"]
-                row += [format_delta(c["psnr"], 2), format_p(c["psnr"]["p_value"]),
-                        format_delta(c["ssim"], 3) + ("" if c["ssim_padded"] else " †"), format_p(c["ssim"]["p_value"])]
+                row += [format_delta(c["psnr"], 2), format_tested(c["psnr"]),
+                        format_delta(c["ssim"], 3) + ("" if c["ssim_padded"] else " †"), format_tested(c["ssim"])]
             else:
                 row += ["–"] * 4
         rows.append(row)
@@ -242,7 +245,7 @@ def verdicts(manifest: dict, compared: dict) -> list[str]:
     lines = []
     for (series, x), c in compared.items():
         ssim = SSIM_AUTHORS if c["ssim_padded"] else "SSIM (dm-pix)"
-        parts = [f"{name}: {verdict(c[key])} (Δ {format_delta(c[key], digits)}, p {format_p(c[key]['p_value'])})"
+        parts = [f"{name}: {verdict(c[key])} (Δ {format_delta(c[key], digits)}, p {format_tested(c[key])})"
                  for key, name, digits in (("psnr", "PSNR", 2), ("ssim", ssim, 3))]
         where = "" if x is None else f", {x}"
         lines.append(f"{series}{where}, against {baseline_name(manifest)} on {c['psnr']['n']} paired targets: "
@@ -344,7 +347,11 @@ def build(workdir: str) -> dict:
                          f"mean paired difference excludes 0 and the Wilcoxon p < {SIGNIFICANCE:g}; no gain beyond "
                          f"noise when the CI contains 0 and p >= {SIGNIFICANCE:g}; inconclusive when the two disagree; "
                          f"too few targets below {MIN_TARGETS} pairs (no outcome of fewer could reach p < "
-                         f"{SIGNIFICANCE:g}).")]
+                         f"{SIGNIFICANCE:g})."
+                         + (f" {len(compared)} arms are compared with the same baseline, so each metric's p-values "
+                            "are Holm-adjusted over them and the verdict reads the adjusted p: the chance of any "
+                            f"false gain or loss among the arms stays below {SIGNIFICANCE:g}." if len(compared) > 1
+                            else ""))]
         blocks += [("p", line) for line in verdicts(manifest, compared)]
     blocks.append(("h2", "Plots"))
     blocks += [("img", (METRICS[m], os.path.relpath(p, workdir))) for m, p in plots]

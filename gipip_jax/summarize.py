@@ -26,7 +26,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from gipip_jax.paired import failure_rate, format_delta, format_p, paired_stats, verdict
+from gipip_jax.paired import adjust_family, failure_rate, format_delta, format_tested, paired_stats, verdict
 from gipip_jax.results import read_records
 
 METRICS = ("psnr", "ssim", "ssim_padded", "ssim_best_match", "lpips", "label_accuracy", "seconds")
@@ -124,6 +124,15 @@ def compare(pairs: list[tuple[dict, dict]]) -> dict:
     return out
 
 
+def compare_all(pairs: dict) -> dict:
+    """compare() per key of `pairs` ({key: [(treatment, baseline), ...]}), every metric's p-values
+    Holm-adjusted over the keys (paired.adjust_family): the arms of one table are one family."""
+    compared = {key: compare(ps) for key, ps in pairs.items()}
+    for metric in ("psnr", "ssim"):
+        adjust_family([c[metric] for c in compared.values()])
+    return compared
+
+
 def distinguishing(arms: list[dict]) -> list[str]:
     """Fields whose values differ among `arms` (setting dicts), in the first arm's field order."""
     fields = list(dict.fromkeys(f for a in arms for f in a))
@@ -152,17 +161,19 @@ def _labels(groups: dict) -> dict:
 
 def table(records: list[dict]) -> str:
     """Markdown table of mean ± std per arm (failed attacks counted, not averaged) and its paired
-    differences against its λ_AS = 0 baseline, with the PSNR verdict (paired.verdict)."""
+    differences against its λ_AS = 0 baseline, with the PSNR verdict (paired.verdict; p-values
+    Holm-adjusted over the table's arms)."""
     best = best_restarts(records)
     groups = defaultdict(list)
     for r in best:
         groups[setting(r)].append(r)
-    pairs = baseline_pairs(best)
+    compared = compare_all(baseline_pairs(best))
     labels = _labels(groups)
+    tested = "p (Wilcoxon; Holm over the table's arms)" if len(compared) > 1 else "p (Wilcoxon)"
     header = ["attack", "model", "bs", "iterations", "λ_TV", "λ_AS", "other settings", "n ok / n",
               *(HEADERS.get(m, m) for m in METRICS), "psnr median", f"psnr < {FAILURE_PSNR:g} dB",
-              "Δpsnr vs λ_AS=0: mean [95 % CI], median, better/worse", "p (Wilcoxon)", "psnr verdict",
-              "Δssim_padded vs λ_AS=0: mean [95 % CI], median, better/worse", "p (Wilcoxon)"]
+              "Δpsnr vs λ_AS=0: mean [95 % CI], median, better/worse", tested, "psnr verdict",
+              "Δssim_padded vs λ_AS=0: mean [95 % CI], median, better/worse", tested]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     fallback = False
     for key, group in groups.items():
@@ -175,12 +186,12 @@ def table(records: list[dict]) -> str:
         psnr = np.array([value(r, "psnr") for r in group])
         cells.append(f"{np.nanmedian(psnr):.3f}" if np.isfinite(psnr).any() else "–")
         cells.append(f"{failure_rate(psnr, FAILURE_PSNR):.0%}")
-        if key in pairs:
-            c = compare(pairs[key])
+        if key in compared:
+            c = compared[key]
             mark = "" if c["ssim_padded"] else " †"
             fallback |= not c["ssim_padded"]
-            cells += [format_delta(c["psnr"], 2), format_p(c["psnr"]["p_value"]), verdict(c["psnr"]),
-                      format_delta(c["ssim"], 3) + mark, format_p(c["ssim"]["p_value"])]
+            cells += [format_delta(c["psnr"], 2), format_tested(c["psnr"]), verdict(c["psnr"]),
+                      format_delta(c["ssim"], 3) + mark, format_tested(c["ssim"])]
         else:
             cells += ["–"] * 5
         lines.append("| " + " | ".join(cells) + " |")

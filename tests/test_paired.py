@@ -79,3 +79,24 @@ def test_verdict_needs_the_ci_and_the_test_to_agree():
     few = paired.paired_stats([11.0, 12.2, 13.1, 14.0, 15.5], [10.0, 11.0, 12.0, 13.0, 14.0])
     assert few["ci_low"] > 0 and few["p_value"] == pytest.approx(2 / 32)
     assert paired.verdict(few) == "too few targets"
+
+
+def test_holm_adjusts_a_family_step_down_and_keeps_nan():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> non-decreasing 0.02, 0.03, 0.06, 0.06
+    np.testing.assert_allclose(paired.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(paired.holm([0.2, np.nan, 0.6]), [0.4, np.nan, 0.6])   # NaN is not a member
+    assert paired.holm([0.9, 0.8]).max() == 1.0 and paired.holm([0.03])[0] == 0.03
+
+
+def test_a_gain_that_does_not_survive_its_family_is_inconclusive():
+    rng = np.random.default_rng(3)
+    baseline = rng.normal(15.0, 3.0, 8)
+    gain = paired.paired_stats(baseline + 1.0 + rng.normal(0, 0.2, 8), baseline)   # all 8 better: p = 2 / 256
+    nulls = [paired.paired_stats(baseline + d, baseline) for d in ([-1.0, 1.0] * 4, [0.5, -0.5] * 4)]
+    assert gain["p_value"] < 0.01 and paired.verdict(gain) == "gain"
+    paired.adjust_family([gain, *nulls])
+    assert gain["p_holm"] == pytest.approx(3 * gain["p_value"]) and gain["family_size"] == 3
+    assert paired.verdict(gain) == "gain" and paired.format_tested(gain) == "0.0078 (Holm 0.023)"
+    paired.adjust_family([gain, *[dict(nulls[0]) for _ in range(6)]])   # 7 arms: 7 * 2 / 256 = 0.055
+    assert gain["p_holm"] > 0.05 and paired.verdict(gain) == "inconclusive"
+    assert paired.format_tested(paired.paired_stats(baseline + [-1.0, 1.0] * 4, baseline)) == "1"   # not adjusted

@@ -61,7 +61,7 @@ def test_arms_differing_only_in_as_offset_are_two_cells(tmp_path):
     header, rows, _ = report.table({}, groups)
     assert "ΔPSNR vs λ_AS = 0: mean [95 % CI], median, better/worse" in header
     assert rows[1][-4].startswith("+1.00 [+1.00, +1.00], med +1.00, 3↑/0↓")
-    assert rows[2][-4].startswith("-1.00 [-1.00, -1.00], med -1.00, 0↑/3↓") and rows[2][-3] == "0.25"
+    assert rows[2][-4].startswith("-1.00 [-1.00, -1.00], med -1.00, 0↑/3↓") and rows[2][-3] == "0.25 (Holm 0.5)"
     # with x given by a manifest, the differing field goes into the series
     (tmp_path / "experiment.json").write_text(json.dumps({"studies": [{"dir": "s", "x": "bs 1"}]}))
     _, records = report.load(str(tmp_path))
