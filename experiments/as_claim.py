@@ -19,8 +19,9 @@ Parts of the `cpu` variant (CIFAR-10 32 px, 10,000 iterations; run in this order
   b  convnet_bs4       the same at bs 4 (λ_TV 1e-5), 16 disjoint batches
   c  convnet_bs4_mse   does the AE matter: the bs-4 AS arms with the MSE/Adam AE (its IG arm would be
                        convnet_bs4's, same targets and keys, so it is not run twice)
-Expected runtime on the 2-core CPU: a ~4 h (~11 attack-steps/s), b bs 1 ~5 h, b bs 4 ~15 h, c ~11 h:
-a multi-session run; kill it at any time and rerun the same command to resume.
+Runtime on the 2-core CPU: a ~4 h (~11 attack-steps/s) and b bs 1 ~3.1 h (~58–76) measured; b bs 4
+~12 h (~15 attack-steps/s) and c ~9 h expected: a multi-session run; kill it at any time and rerun the
+same command to resume.
 
 Variants:
   smoke  tiny victim, 16 px CIFAR-10, bs 1 and 2, 2 targets, 20 iterations, AEs trained 20 steps:
