@@ -270,9 +270,11 @@ def _ground_truth(r: dict) -> np.ndarray:
 
 
 def image_grids(workdir: str, groups: dict, folder: str) -> list[tuple[str, str]]:
-    """One PNG per set of targets: ground truth row, then one row per cell (order-matched best restarts).
+    """PNGs of ground truth row, then one row per cell (order-matched best restarts), for every target.
 
-    Returns (title, path) pairs. At most MAX_GRID_COLUMNS images per row (the first targets' images).
+    Returns (title, path) pairs, grid_0.png, grid_1.png, ...: the targets of one dataset and batch size
+    are split over as many grids as it takes to keep a row at most MAX_GRID_COLUMNS images (at least
+    one batch per grid); each title names the targets its grid shows.
     """
     by_targets = defaultdict(dict)   # targets -> {(series, x): {target: record}}
     for key, group in groups.items():
@@ -281,30 +283,29 @@ def image_grids(workdir: str, groups: dict, folder: str) -> list[tuple[str, str]
                 data_key = (r["dataset"], json.dumps(r["config"]["data"], sort_keys=True), r["batch_size"])
                 by_targets[data_key].setdefault(key, {})[tuple(r["target_indices"])] = r
     out, cache = [], {}
-    for number, (data_key, rows) in enumerate(by_targets.items()):
+    for data_key, rows in by_targets.items():
         targets = sorted(set.intersection(*(set(v) for v in rows.values())))
-        if not targets:
-            continue
         first = next(iter(rows.values()))
-        truth = np.concatenate([_ground_truth(first[t]) for t in targets])[:MAX_GRID_COLUMNS]
-        labelled = [("ground truth", truth)]
-        for (series, x), per_target in rows.items():
-            images = []
-            for t in targets:
-                r = per_target[t]
-                if r["_dir"] not in cache:
-                    cache[r["_dir"]] = _reconstructions(workdir, r["_dir"])
-                found = cache[r["_dir"]].get(r["attack_id"])
-                if found is None:
-                    break
-                images.append(found[np.asarray(r["per_image"]["order"])])
-            if len(images) == len(targets):
-                name = series if x is None else f"{series}\n{x}"
-                labelled.append((name, np.concatenate(images)[:MAX_GRID_COLUMNS]))
-        path = os.path.join(folder, f"grid_{number}.png")
-        save_labelled_grid(path, labelled)
-        title = f"{data_key[0]}, batch size {data_key[2]}, targets {', '.join(str(list(t)) for t in targets)}"
-        out.append((title, path))
+        per_grid = max(1, MAX_GRID_COLUMNS // data_key[2])
+        for chunk in (targets[i:i + per_grid] for i in range(0, len(targets), per_grid)):
+            labelled = [("ground truth", np.concatenate([_ground_truth(first[t]) for t in chunk]))]
+            for (series, x), per_target in rows.items():
+                images = []
+                for t in chunk:
+                    r = per_target[t]
+                    if r["_dir"] not in cache:
+                        cache[r["_dir"]] = _reconstructions(workdir, r["_dir"])
+                    found = cache[r["_dir"]].get(r["attack_id"])
+                    if found is None:
+                        break
+                    images.append(found[np.asarray(r["per_image"]["order"])])
+                if len(images) == len(chunk):
+                    name = series if x is None else f"{series}\n{x}"
+                    labelled.append((name, np.concatenate(images)))
+            path = os.path.join(folder, f"grid_{len(out)}.png")
+            save_labelled_grid(path, labelled)
+            title = f"{data_key[0]}, batch size {data_key[2]}, targets {', '.join(str(list(t)) for t in chunk)}"
+            out.append((title, path))
     return out
 
 

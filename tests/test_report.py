@@ -140,6 +140,24 @@ def test_plots_are_written_for_numeric_and_categorical_x(tmp_path):
     assert not report.plot_metric(manifest, groups, "lpips", str(tmp_path / "lpips.png"))   # no values: no plot
 
 
+def test_image_grids_show_every_target_with_titles_naming_what_they_show(tmp_path, monkeypatch):
+    study = [_record(2 * t + arm, kind, t, 10.0, 0.1) for t in range(7) for arm, kind in enumerate(("ig", "gipip"))]
+    _write_study(tmp_path, study)
+    os.makedirs(tmp_path / "reconstructions")
+    ids = np.array([r["attack_id"] for r in study])
+    np.savez(tmp_path / "reconstructions" / "wave_00000.npz", ids=ids, images01=np.full((len(ids), 1, 8, 8, 3), 0.5))
+    monkeypatch.setattr(report, "_ground_truth", lambda r: np.zeros((1, 8, 8, 3)))   # no dataset needed
+    monkeypatch.setattr(report, "MAX_GRID_COLUMNS", 3)
+    _, records = report.load(str(tmp_path))
+    grids = report.image_grids(str(tmp_path), report.cells(records), str(tmp_path))
+    assert [title for title, _ in grids] == ["cifar10, batch size 1, targets [0], [1], [2]",
+                                             "cifar10, batch size 1, targets [3], [4], [5]",
+                                             "cifar10, batch size 1, targets [6]"]
+    widths = [Image.open(path).size[0] for _, path in grids]
+    assert [os.path.basename(path) for _, path in grids] == ["grid_0.png", "grid_1.png", "grid_2.png"]
+    assert widths[0] == widths[1] > widths[2]   # three columns, three, one
+
+
 def test_report_of_nothing_or_a_broken_manifest_is_one_clear_error(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "has neither results.jsonl" in capsys.readouterr().err
