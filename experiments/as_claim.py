@@ -17,10 +17,12 @@ Parts of the `cpu` variant (CIFAR-10 32 px, 10,000 iterations; run in this order
   b  convnet_bs1       the tail hypothesis on the ConvNet: bs 1, λ_TV 1e-6, λ_AS in {0, 1e-4, 1e-2, 1e-1},
                        reference AE, 16 targets
   b  convnet_bs4       the same at bs 4 (λ_TV 1e-5), 16 disjoint batches
-  c  convnet_bs4_mse   does the AE matter: the bs-4 AS arms with the MSE/Adam AE (its IG arm would be
-                       convnet_bs4's, same targets and keys, so it is not run twice)
+  c  convnet_bs4_mse   does the AE matter: the bs-4 arms where AS steers, λ_AS 1e-2 and 1e-1, with the
+                       MSE/Adam AE (its IG arm would be convnet_bs4's, same targets and keys, so it is not
+                       run twice; at λ_AS 1e-4 the prior carries ~1e-3 of the matching gradient at bs 4,
+                       too little for any AE to show)
 Runtime on the 2-core CPU: a ~4 h (~11 attack-steps/s) and b bs 1 ~3.1 h (~58–76) measured; b bs 4
-~12 h (~15 attack-steps/s) and c ~9 h expected: a multi-session run; kill it at any time and rerun the
+~12 h (~15 attack-steps/s) and c ~6 h expected: a multi-session run; kill it at any time and rerun the
 same command to resume.
 
 Variants:
@@ -57,7 +59,7 @@ VARIANTS = {
              targets=16, prior="reference"),
         PART(name="convnet_bs4", victim="convnet", batch_size=4, tv=1e-5, as_weights=[0.0, 1e-4, 1e-2, 1e-1],
              targets=16, prior="reference"),
-        PART(name="convnet_bs4_mse", victim="convnet", batch_size=4, tv=1e-5, as_weights=[1e-4, 1e-2, 1e-1],
+        PART(name="convnet_bs4_mse", victim="convnet", batch_size=4, tv=1e-5, as_weights=[1e-2, 1e-1],
              targets=16, prior="mse")],
         engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4, "engine.chunk_size": 50,
                 "engine.checkpoint_every": 500}),
