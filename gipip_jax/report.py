@@ -269,6 +269,22 @@ def _ground_truth(r: dict) -> np.ndarray:
     return images.take(np.asarray(r["target_indices"]))[0]
 
 
+def _cell_images(workdir: str, records: list[dict], cache: dict) -> np.ndarray | None:
+    """The records' reconstructions in target order, (N, H, W, C) in [0, 1]; None if any is missing.
+
+    `cache` maps a study directory to its reconstructions, read once per report.
+    """
+    images = []
+    for r in records:
+        if r["_dir"] not in cache:
+            cache[r["_dir"]] = _reconstructions(workdir, r["_dir"])
+        found = cache[r["_dir"]].get(r["attack_id"])
+        if found is None:
+            return None
+        images.append(found[np.asarray(r["per_image"]["order"])])
+    return np.concatenate(images)
+
+
 def image_grids(workdir: str, groups: dict, folder: str) -> list[tuple[str, str]]:
     """PNGs of ground truth row, then one row per cell (order-matched best restarts), for every target.
 
@@ -290,18 +306,9 @@ def image_grids(workdir: str, groups: dict, folder: str) -> list[tuple[str, str]
         for chunk in (targets[i:i + per_grid] for i in range(0, len(targets), per_grid)):
             labelled = [("ground truth", np.concatenate([_ground_truth(first[t]) for t in chunk]))]
             for (series, x), per_target in rows.items():
-                images = []
-                for t in chunk:
-                    r = per_target[t]
-                    if r["_dir"] not in cache:
-                        cache[r["_dir"]] = _reconstructions(workdir, r["_dir"])
-                    found = cache[r["_dir"]].get(r["attack_id"])
-                    if found is None:
-                        break
-                    images.append(found[np.asarray(r["per_image"]["order"])])
-                if len(images) == len(chunk):
-                    name = series if x is None else f"{series}\n{x}"
-                    labelled.append((name, np.concatenate(images)))
+                images = _cell_images(workdir, [per_target[t] for t in chunk], cache)
+                if images is not None:
+                    labelled.append((series if x is None else f"{series}\n{x}", images))
             path = os.path.join(folder, f"grid_{len(out)}.png")
             save_labelled_grid(path, labelled)
             title = f"{data_key[0]}, batch size {data_key[2]}, targets {', '.join(str(list(t)) for t in chunk)}"
