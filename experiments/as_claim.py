@@ -21,12 +21,14 @@ Parts of the `cpu` variant (CIFAR-10 32 px, 10,000 iterations; run in this order
                        MSE/Adam AE (its IG arm would be convnet_bs4's, same targets and keys, so it is not
                        run twice; at λ_AS 1e-4 the prior carries ~1e-3 of the matching gradient at bs 4,
                        too little for any AE to show)
+Reports: W/report.md (every part's λ_AS arms against its IG arm) and W/ae_convnet_bs4_mse/report.md
+(part c: each MSE-AE arm against b's reference-AE arm of the same λ_AS, paired per target batch).
 Runtime on the 2-core CPU: a ~4 h (~11 attack-steps/s) and b bs 1 ~3.1 h (~58–76) measured; b bs 4
 ~12 h (~15 attack-steps/s) and c ~6 h expected: a multi-session run; kill it at any time and rerun the
 same command to resume.
 
 Variants:
-  smoke  tiny victim, 16 px CIFAR-10, bs 1 and 2, 2 targets, 20 iterations, AEs trained 20 steps:
+  smoke  tiny victim, 16 px CIFAR-10, bs 2 with either AE, 2 targets, 20 iterations, AEs trained 20 steps:
          ~3 min on the 2-core CPU (tested in CI)
   cpu    the parts above
   full   64 px Tiny-ImageNet, ResNet-18 (torch init), 48,000 iterations, bs 1 (λ_TV 1e-6, λ_AS {0, 1e-6})
@@ -36,20 +38,22 @@ Variants:
 
 from __future__ import annotations
 
+import os
 import sys
 
 from gipip_jax import experiment
 
 REFERENCE_AE = "experiments/checkpoints/ae_cifar10_aux5_reference"   # BCE, Adadelta 0.1, 100 epochs
 MSE_AE = "experiments/checkpoints/ae_cifar10_aux5"                   # MSE, Adam 1e-3, 150 epochs
-PART = dict  # one study: label, victim, batch size, λ_TV, λ_AS grid, targets, prior ("reference" | "mse")
+PART = dict  # one study: label, victim, batch size, λ_TV, λ_AS grid, targets, prior ("reference" | "mse"),
+#              and for an MSE-AE part the reference-AE part it is compared with arm by arm (`against`)
 
 VARIANTS = {
     "smoke": dict(dataset="cifar10", image_size=16, iterations=20, lpips=None, prior_steps=20, parts=[
-        PART(name="tiny_bs1", victim="convnet_tiny", batch_size=1, tv=1e-6, as_weights=[0.0, 1e-2], targets=2,
+        PART(name="tiny_bs2", victim="convnet_tiny", batch_size=2, tv=1e-5, as_weights=[0.0, 1e-2], targets=2,
              prior="reference"),
         PART(name="tiny_bs2_mse", victim="convnet_tiny", batch_size=2, tv=1e-5, as_weights=[1e-2], targets=2,
-             prior="mse")],
+             prior="mse", against="tiny_bs2")],
         engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 2, "engine.chunk_size": 5,
                 "engine.checkpoint_every": 10}),
     "cpu": dict(dataset="cifar10", image_size=None, iterations=10_000, lpips="alexnet", parts=[
@@ -60,7 +64,7 @@ VARIANTS = {
         PART(name="convnet_bs4", victim="convnet", batch_size=4, tv=1e-5, as_weights=[0.0, 1e-4, 1e-2, 1e-1],
              targets=16, prior="reference"),
         PART(name="convnet_bs4_mse", victim="convnet", batch_size=4, tv=1e-5, as_weights=[1e-2, 1e-1],
-             targets=16, prior="mse")],
+             targets=16, prior="mse", against="convnet_bs4")],
         engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4, "engine.chunk_size": 50,
                 "engine.checkpoint_every": 500}),
     "full": dict(dataset="tiny_imagenet", image_size=None, iterations=48_000, lpips="alexnet", prior_steps=20_000,
@@ -113,7 +117,28 @@ def run(name: str, workdir: str) -> dict:
         "command": f"python experiments/as_claim.py {name} {workdir}",
         "x_label": "part", "baseline": "IG", "studies": studies, "notes": notes,
     }
-    return experiment.finish(workdir, manifest)
+    paths = experiment.finish(workdir, manifest)
+    for part in v["parts"]:
+        if "against" in part:
+            compare_priors(name, workdir, part, notes)
+    return paths
+
+
+def compare_priors(name: str, workdir: str, part: dict, notes: list[str]) -> dict:
+    """Report W/ae_PART/: the MSE-AE part's λ_AS arms against the reference-AE part's arms of the same
+    λ_AS on the same targets (and the reference part's other arms, IG among them, for context)."""
+    manifest = {
+        "title": f"Does the AE matter? {part['name']}: the MSE/Adam AE against the reference-recipe AE ({name})",
+        "description": f"The same targets, keys and λ_AS arms, attacked with either AE; every arm of "
+                       f"{part['name']} against the arm of {part['against']} with the same λ_AS.",
+        "command": f"python experiments/as_claim.py {name} {workdir}",
+        "x_label": "λ_AS", "x_field": "as_weight", "baseline": "reference AE", "notes": notes,
+        "studies": [{"dir": f"../studies/{part['against']}", "series": "reference AE"},
+                    {"dir": f"../studies/{part['name']}", "series": "MSE AE"}],
+    }
+    folder = os.path.join(workdir, f"ae_{part['name']}")
+    os.makedirs(folder, exist_ok=True)
+    return experiment.finish(folder, manifest)
 
 
 if __name__ == "__main__":

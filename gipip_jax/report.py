@@ -8,13 +8,15 @@ W/experiment.json names its studies (written by the drivers in experiments/):
     {"title": ..., "description": ..., "x_label": "auxiliary data (% of the pool)",
      "baseline": "IG",                       # optional: paired per-target differences against it
      "series_names": {"gipip": "w/ AS"},     # optional: attack kind -> series name
+     "x_field": "as_weight",                 # optional: x from this grid field of each record's arm
      "studies": [{"dir": "cifar10/ae_0.5", "x": 0.5, "series": "GI-PIP"},   # series optional
                  {"dir": "cifar10/ig", "x": null}, ...],                    # x null: a floor line
      "paper": [{"series": "w/ AS", "x": "bs 1", "metric": "ssim", "value": 0.53}, ...]}
 
 Every record contributes to a *cell* (series, x): series from the study entry, else the attack kind
-(ig / gipip / gan / dip) through `series_names`; x from the study entry, else the record's setting
-label (a single study's defenses, say); arms that would share a cell get the differing grid fields
+(ig / gipip / gan / dip) through `series_names`; x from the study entry, else the manifest's
+`x_field` of the record's arm (two studies' λ_AS arms paired arm by arm, say), else the record's
+setting label (a single study's defenses, say); arms that would share a cell get the differing grid fields
 in their name (load). Per target the restart `config.attack.restart_selection` picks counts
 (summarize.best_restarts); a cell is mean ± std over its targets, plus the PSNR median and the
 failure rate (targets below 15 dB). Each non-baseline cell is paired per target with the baseline
@@ -79,6 +81,7 @@ def load(workdir: str) -> tuple[dict, list[dict]]:
     else:
         raise ReportError(f"{workdir} has neither results.jsonl (a study) nor experiment.json (an experiment)")
     names = {**SERIES_NAMES, **manifest.get("series_names", {})}
+    field = manifest.get("x_field")
     records = []
     for entry in entries:
         path = os.path.join(workdir, entry["dir"], "results.jsonl")
@@ -88,9 +91,14 @@ def load(workdir: str) -> tuple[dict, list[dict]]:
         mine = []
         for r in found:
             kind = r["attack"].split(":")[-1]
-            x = entry["x"] if "x" in entry else (r.get("setting_label") or "default")
+            if "x" in entry:
+                x = entry["x"]
+            elif field:
+                x = summarize.arm(r).get(field)
+            else:
+                x = r.get("setting_label") or "default"
             mine.append({**r, "_series": entry.get("series") or names.get(kind, kind), "_x": x, "_dir": entry["dir"]})
-        records += _split_colliding_arms(mine, x_given="x" in entry)
+        records += _split_colliding_arms(mine, x_given="x" in entry or bool(field))
     if not records:
         raise ReportError(f"no finished attacks under {workdir}")
     return manifest, records

@@ -46,11 +46,17 @@ def test_as_claim_smoke_pairs_arms_and_plots_the_traces(tmp_path):
     """issue 14's driver: reference and MSE AEs trained, train-split targets skip the AE's images,
     every record carries a trace, the report has paired statistics and the trace plots."""
     paths = _driver("as_claim").run("smoke", str(tmp_path))
-    records = read_records(os.path.join(tmp_path, "studies", "tiny_bs1", "results.jsonl"))
+    records = read_records(os.path.join(tmp_path, "studies", "tiny_bs2", "results.jsonl"))
     assert len(records) == 4 and all(r["status"] == "ok" and r["trace"]["steps"][-1] == 20 for r in records)
+    batches = {tuple(r["target_indices"]) for r in records}   # two disjoint batches of 2, both AEs on them
+    assert len(batches) == 2 and len(set().union(*batches)) == 4
+    mse = read_records(os.path.join(tmp_path, "studies", "tiny_bs2_mse", "results.jsonl"))
+    assert {tuple(r["target_indices"]) for r in mse} == batches
     assert all(r["victim"]["init"] == "torch" and r["split"] == "train" for r in records)
     prior = json.loads((tmp_path / "priors" / "cifar10_reference" / "ae" / "metadata.json").read_text())
     assert prior["recipe"] == "bce_adadelta"
     text = (tmp_path / "report.md").read_text()
     assert "95 % CI" in text and "Wilcoxon" in text and "gap_vs_iterations.png" in text
     assert len(paths["traces"]) == 2
+    compared = (tmp_path / "ae_tiny_bs2_mse" / "report.md").read_text()   # part c: MSE AE arm vs reference AE arm
+    assert "ΔPSNR vs reference AE" in compared and "MSE AE" in compared

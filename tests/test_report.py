@@ -167,3 +167,32 @@ def test_report_of_nothing_or_a_broken_manifest_is_one_clear_error(tmp_path, cap
     (tmp_path / "experiment.json").write_text(json.dumps({"studies": [{"dir": "missing"}]}))
     with pytest.raises(report.ReportError, match="no finished attacks"):
         report.load(str(tmp_path))
+
+
+def test_two_studies_of_the_same_targets_pair_arm_by_arm_against_a_baseline_series(tmp_path):
+    """Part c of as_claim: the MSE-AE study's λ_AS arms against the reference-AE study's same λ_AS arms."""
+    def arm(attack_id, kind, target, psnr, as_weight):
+        r = _record(attack_id, kind, target, psnr, 0.1)
+        return {**r, "setting": {**r["setting"], "as_weight": as_weight}}
+    _write_study(tmp_path / "ref", [arm(10 * t + i, kind, t, 12.0 + i, w) for t in range(3)
+                                    for i, (kind, w) in enumerate((("ig", 0.0), ("gipip", 0.01), ("gipip", 0.1)))])
+    _write_study(tmp_path / "mse", [arm(10 * t + i, "gipip", t, 12.0 + 2 * i + t, w) for t in range(3)
+                                    for i, w in ((1, 0.01), (2, 0.1))])
+    manifest = {"baseline": "reference AE", "x_field": "as_weight",
+                "studies": [{"dir": "ref", "series": "reference AE"}, {"dir": "mse", "series": "MSE AE"}]}
+    (tmp_path / "experiment.json").write_text(json.dumps(manifest))
+    _, records = report.load(str(tmp_path))
+    groups = report.cells(records)
+    assert list(groups) == [("reference AE", w) for w in (0.0, 0.01, 0.1)] + [("MSE AE", 0.01), ("MSE AE", 0.1)]
+    paired = report.pairs(manifest, groups)
+    assert set(paired) == {("MSE AE", 0.01), ("MSE AE", 0.1)}
+    for (_, x), pairs in paired.items():
+        assert [(t["target_indices"], b["target_indices"]) for t, b in pairs] == [([t], [t]) for t in range(3)]
+        assert all(t["setting"]["as_weight"] == b["setting"]["as_weight"] for t, b in pairs)
+    diffs = {x: [t["psnr"] - b["psnr"] for t, b in pairs] for (_, x), pairs in paired.items()}
+    assert diffs == {0.01: [1.0, 2.0, 3.0], 0.1: [2.0, 3.0, 4.0]}
+    # one arm in a study: still paired by its λ_AS, not by a study-wide "default" label
+    (tmp_path / "mse" / "results.jsonl").unlink()
+    _write_study(tmp_path / "mse", [arm(10 * t + 1, "gipip", t, 13.0, 0.01) for t in range(3)])
+    _, records = report.load(str(tmp_path))
+    assert set(report.pairs(manifest, report.cells(records))) == {("MSE AE", 0.01)}
