@@ -296,6 +296,8 @@ def _cell_images(workdir: str, records: list[dict], cache: dict) -> np.ndarray |
 def image_grids(workdir: str, groups: dict, folder: str) -> list[tuple[str, str]]:
     """PNGs of ground truth row, then one row per cell (order-matched best restarts), for every target.
 
+    Targets whose reconstructions are not beside the records (W/reconstructions/wave_*.npz) get no grid.
+
     Returns (title, path) pairs, grid_0.png, grid_1.png, ...: the targets of one dataset and batch size
     are split over as many grids as it takes to keep a row at most MAX_GRID_COLUMNS images (at least
     one batch per grid); each title names the targets its grid shows.
@@ -317,6 +319,8 @@ def image_grids(workdir: str, groups: dict, folder: str) -> list[tuple[str, str]
                 images = _cell_images(workdir, [per_target[t] for t in chunk], cache)
                 if images is not None:
                     labelled.append((series if x is None else f"{series}\n{x}", images))
+            if len(labelled) == 1:   # no reconstructions beside the records (e.g. published results.jsonl only)
+                continue
             path = os.path.join(folder, f"grid_{len(out)}.png")
             save_labelled_grid(path, labelled)
             title = f"{data_key[0]}, batch size {data_key[2]}, targets {', '.join(str(list(t)) for t in chunk)}"

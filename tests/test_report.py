@@ -156,6 +156,11 @@ def test_image_grids_show_every_target_with_titles_naming_what_they_show(tmp_pat
     widths = [Image.open(path).size[0] for _, path in grids]
     assert [os.path.basename(path) for _, path in grids] == ["grid_0.png", "grid_1.png", "grid_2.png"]
     assert widths[0] == widths[1] > widths[2]   # three columns, three, one
+    for _, path in grids:
+        os.remove(path)
+    os.remove(tmp_path / "reconstructions" / "wave_00000.npz")   # records only: no ground-truth-only grids
+    assert report.image_grids(str(tmp_path), report.cells(records), str(tmp_path)) == []
+    assert not any(name.startswith("grid_") for name in os.listdir(tmp_path))
 
 
 def test_report_of_nothing_or_a_broken_manifest_is_one_clear_error(tmp_path, capsys):
