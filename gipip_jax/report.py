@@ -314,13 +314,14 @@ def image_grids(workdir: str, groups: dict, folder: str) -> list[tuple[str, str]
         first = next(iter(rows.values()))
         per_grid = max(1, MAX_GRID_COLUMNS // data_key[2])
         for chunk in (targets[i:i + per_grid] for i in range(0, len(targets), per_grid)):
-            labelled = [("ground truth", np.concatenate([_ground_truth(first[t]) for t in chunk]))]
+            cell_rows = []
             for (series, x), per_target in rows.items():
                 images = _cell_images(workdir, [per_target[t] for t in chunk], cache)
                 if images is not None:
-                    labelled.append((series if x is None else f"{series}\n{x}", images))
-            if len(labelled) == 1:   # no reconstructions beside the records (e.g. published results.jsonl only)
+                    cell_rows.append((series if x is None else f"{series}\n{x}", images))
+            if not cell_rows:   # no reconstructions beside the records (e.g. published results.jsonl only)
                 continue
+            labelled = [("ground truth", np.concatenate([_ground_truth(first[t]) for t in chunk]))] + cell_rows
             path = os.path.join(folder, f"grid_{len(out)}.png")
             save_labelled_grid(path, labelled)
             title = f"{data_key[0]}, batch size {data_key[2]}, targets {', '.join(str(list(t)) for t in chunk)}"

@@ -159,6 +159,7 @@ def test_image_grids_show_every_target_with_titles_naming_what_they_show(tmp_pat
     for _, path in grids:
         os.remove(path)
     os.remove(tmp_path / "reconstructions" / "wave_00000.npz")   # records only: no ground-truth-only grids
+    monkeypatch.setattr(report, "_ground_truth", lambda r: pytest.fail("ground truth loaded for no grid"))
     assert report.image_grids(str(tmp_path), report.cells(records), str(tmp_path)) == []
     assert not any(name.startswith("grid_") for name in os.listdir(tmp_path))
 
