@@ -25,7 +25,7 @@ Reports: W/report.md (every part's λ_AS arms against its IG arm) and W/ae_convn
 (part c: each MSE-AE arm against b's reference-AE arm of the same λ_AS, paired per target batch).
 Runtime on the 2-core CPU, measured: a ~4 h (~11 attack-steps/s), b bs 1 ~3.1 h (~58–76), b bs 4
 ~26–43 min a wave of 4 attacks (~15–27 attack-steps/s alone, by machine; 16 waves 7–11 h), c ~27–70
-min a wave of 4 (~9.5–27 attack-steps/s, by machine; 8 waves 3.6–9.3 h): a multi-session run; kill it
+min a wave of 4 (~9.5–29 attack-steps/s, by machine; 8 waves 3.6–9.3 h): a multi-session run; kill it
 at any time and rerun the same command to resume.
 
 Variants:
