@@ -21,8 +21,9 @@ Parts of the `cpu` variant (CIFAR-10 32 px, 10,000 iterations; run in this order
                        MSE/Adam AE (its IG arm would be convnet_bs4's, same targets and keys, so it is not
                        run twice; at λ_AS 1e-4 the prior carries ~1e-3 of the matching gradient at bs 4,
                        too little for any AE to show)
-Reports: W/report.md (every part's λ_AS arms against its IG arm) and W/ae_convnet_bs4_mse/report.md
-(part c: each MSE-AE arm against b's reference-AE arm of the same λ_AS, paired per target batch).
+Reports: W/report.md (every part's λ_AS arms against its IG arm), W/ae_convnet_bs4_mse/report.md
+(part c: each MSE-AE arm against b's reference-AE arm of the same λ_AS, paired per target batch) and
+W/ae_convnet_bs4_mse_vs_ig/report.md (part c: both AEs' arms of those λ_AS against b's IG arm).
 Runtime on the 2-core CPU, measured: a ~4 h (~11 attack-steps/s), b bs 1 ~3.1 h (~58–76), b bs 4
 ~26–43 min a wave of 4 attacks (~15–27 attack-steps/s alone, by machine; 16 waves 7–11 h), c ~27–70
 min a wave of 4 (~9.5–29 attack-steps/s, by machine; 8 waves 3.6–9.3 h): a multi-session run; kill it
@@ -125,21 +126,34 @@ def run(name: str, workdir: str) -> dict:
     return paths
 
 
-def compare_priors(name: str, workdir: str, part: dict, notes: list[str]) -> dict:
-    """Report W/ae_PART/: the MSE-AE part's λ_AS arms against the reference-AE part's arms of the same
-    λ_AS on the same targets (and the reference part's other arms, IG among them, for context)."""
-    manifest = {
-        "title": f"Does the AE matter? {part['name']}: the MSE/Adam AE against the reference-recipe AE ({name})",
-        "description": f"The same targets, keys and λ_AS arms, attacked with either AE; every arm of "
-                       f"{part['name']} against the arm of {part['against']} with the same λ_AS.",
-        "command": f"python experiments/as_claim.py {name} {workdir}",
-        "x_label": "λ_AS", "x_field": "as_weight", "baseline": "reference AE", "notes": notes,
-        "studies": [{"dir": f"../studies/{part['against']}", "series": "reference AE"},
-                    {"dir": f"../studies/{part['name']}", "series": "MSE AE"}],
+def compare_priors(name: str, workdir: str, part: dict, notes: list[str]) -> None:
+    """Reports W/ae_PART/: the MSE-AE part's λ_AS arms against the reference-AE part's arms of the same
+    λ_AS on the same targets (and the reference part's other arms, IG among them, for context); and
+    W/ae_PART_vs_ig/: both AEs' arms of those λ_AS against the reference part's IG arm (λ_AS = 0)."""
+    weights = [w for w in part["as_weights"] if w]
+    reports = {
+        f"ae_{part['name']}": dict(
+            title=f"Does the AE matter? {part['name']}: the MSE/Adam AE against the reference-recipe AE ({name})",
+            description=f"The same targets, keys and λ_AS arms, attacked with either AE; every arm of "
+                        f"{part['name']} against the arm of {part['against']} with the same λ_AS.",
+            baseline="reference AE",
+            studies=[{"dir": f"../studies/{part['against']}", "series": "reference AE"},
+                     {"dir": f"../studies/{part['name']}", "series": "MSE AE"}]),
+        f"ae_{part['name']}_vs_ig": dict(
+            title=f"Does AS help with either AE? {part['name']} and {part['against']} against IG ({name})",
+            description=f"The same targets and keys; the λ_AS arms of {part['against']} (reference AE) and "
+                        f"{part['name']} (MSE AE) against {part['against']}'s λ_AS = 0 arm (IG).",
+            baseline="IG",
+            studies=[{"dir": f"../studies/{part['against']}", "series": "IG", "where": {"as_weight": [0.0]}},
+                     {"dir": f"../studies/{part['against']}", "series": "reference AE",
+                      "where": {"as_weight": weights}},
+                     {"dir": f"../studies/{part['name']}", "series": "MSE AE"}]),
     }
-    folder = os.path.join(workdir, f"ae_{part['name']}")
-    os.makedirs(folder, exist_ok=True)
-    return experiment.finish(folder, manifest)
+    for folder, manifest in reports.items():
+        manifest.update(command=f"python experiments/as_claim.py {name} {workdir}", x_label="λ_AS",
+                        x_field="as_weight", notes=notes)
+        os.makedirs(os.path.join(workdir, folder), exist_ok=True)
+        experiment.finish(os.path.join(workdir, folder), manifest)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ W/experiment.json names its studies (written by the drivers in experiments/):
      "x_field": "as_weight",                 # optional: x from this grid field of each record's arm
      "studies": [{"dir": "cifar10/ae_0.5", "x": 0.5, "series": "GI-PIP"},   # series optional
                  {"dir": "cifar10/ig", "x": null}, ...],                    # x null: a floor line
+                 # optional per study: "where": {"as_weight": [0.0]} keeps the arms whose grid field
+                 # is one of the values (one study's IG arm as another study's baseline series, say)
      "paper": [{"series": "w/ AS", "x": "bs 1", "metric": "ssim", "value": 0.53}, ...]}
 
 Every record contributes to a *cell* (series, x): series from the study entry, else the attack kind
@@ -84,10 +86,14 @@ def load(workdir: str) -> tuple[dict, list[dict]]:
     field = manifest.get("x_field")
     records = []
     for entry in entries:
+        if not isinstance(entry.get("where", {}), dict):
+            raise ReportError(f"{manifest_path}: a study's \"where\" must map grid fields to values, "
+                              f"got {entry['where']!r}")
         path = os.path.join(workdir, entry["dir"], "results.jsonl")
         found = summarize.best_restarts(results.read_records(path))
         if not found:
             print(f"report: no results yet in {path}; skipped")
+        found = [r for r in found if _selected(r, entry.get("where"))]
         mine = []
         for r in found:
             kind = r["attack"].split(":")[-1]
@@ -102,6 +108,13 @@ def load(workdir: str) -> tuple[dict, list[dict]]:
     if not records:
         raise ReportError(f"no finished attacks under {workdir}")
     return manifest, records
+
+
+def _selected(record: dict, where: dict | None) -> bool:
+    """Whether the record's arm has every `where` grid field at one of its values (a value or a list)."""
+    arm = summarize.arm(record)
+    return all(arm.get(field) in (values if isinstance(values, list) else [values])
+               for field, values in (where or {}).items())
 
 
 def _split_colliding_arms(records: list[dict], x_given: bool) -> list[dict]:

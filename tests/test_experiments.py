@@ -60,3 +60,5 @@ def test_as_claim_smoke_pairs_arms_and_plots_the_traces(tmp_path):
     assert len(paths["traces"]) == 2
     compared = (tmp_path / "ae_tiny_bs2_mse" / "report.md").read_text()   # part c: MSE AE arm vs reference AE arm
     assert "ΔPSNR vs reference AE" in compared and "MSE AE" in compared
+    against_ig = (tmp_path / "ae_tiny_bs2_mse_vs_ig" / "report.md").read_text()   # both AEs' arms vs IG
+    assert "ΔPSNR vs IG" in against_ig and "reference AE" in against_ig and "MSE AE" in against_ig

@@ -202,3 +202,29 @@ def test_two_studies_of_the_same_targets_pair_arm_by_arm_against_a_baseline_seri
     _write_study(tmp_path / "mse", [arm(10 * t + 1, "gipip", t, 13.0, 0.01) for t in range(3)])
     _, records = report.load(str(tmp_path))
     assert set(report.pairs(manifest, report.cells(records))) == {("MSE AE", 0.01)}
+
+
+def test_where_selects_arms_so_one_studys_ig_arm_is_the_baseline_of_both_studies(tmp_path):
+    """Part c against IG: reference-AE and MSE-AE arms, each paired with the reference study's λ_AS = 0 arm."""
+    def arm(attack_id, kind, target, psnr, as_weight):
+        r = _record(attack_id, kind, target, psnr, 0.1)
+        return {**r, "setting": {**r["setting"], "as_weight": as_weight}}
+    _write_study(tmp_path / "ref", [arm(10 * t + i, kind, t, 12.0 + i + t, w) for t in range(3)
+                                    for i, (kind, w) in enumerate((("ig", 0.0), ("gipip", 1e-4), ("gipip", 0.1)))])
+    _write_study(tmp_path / "mse", [arm(10 * t, "gipip", t, 15.0, 0.1) for t in range(3)])
+    manifest = {"baseline": "IG", "x_field": "as_weight",
+                "studies": [{"dir": "ref", "series": "IG", "where": {"as_weight": [0.0]}},
+                            {"dir": "ref", "series": "reference AE", "where": {"as_weight": 0.1}},
+                            {"dir": "mse", "series": "MSE AE"}]}
+    (tmp_path / "experiment.json").write_text(json.dumps(manifest))
+    _, records = report.load(str(tmp_path))
+    groups = report.cells(records)
+    assert list(groups) == [("IG", 0.0), ("reference AE", 0.1), ("MSE AE", 0.1)]   # λ_AS 1e-4 left out
+    diffs = {series: [t["psnr"] - b["psnr"] for t, b in pairs]
+             for (series, _), pairs in report.pairs(manifest, groups).items()}
+    assert diffs == {"reference AE": [2.0, 2.0, 2.0], "MSE AE": [3.0, 2.0, 1.0]}
+    assert all(b["setting"]["as_weight"] == 0.0 for pairs in report.pairs(manifest, groups).values() for _, b in pairs)
+    manifest["studies"][0]["where"] = ["as_weight", 0.0]
+    (tmp_path / "experiment.json").write_text(json.dumps(manifest))
+    with pytest.raises(report.ReportError, match="where"):
+        report.load(str(tmp_path))
