@@ -339,6 +339,8 @@ class Trace:
                 "grad_norms": {k: [row["grad_norms"][k][slot] for row in rows] for k in (rows[0]["grad_norms"] if rows else {})}}
 
     def save(self, folder: str) -> None:
+        """Written ahead of the wave's checkpoint; `load` drops rows past the checkpoint it resumes from."""
+        os.makedirs(folder, exist_ok=True)
         _write_json(os.path.join(folder, TRACE_FILE), {"rows": self.rows})
 
     def load(self, folder: str, chunks_run: int) -> None:
@@ -381,10 +383,10 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
         compute[0] += time.perf_counter() - compute[1]
         trace.maybe_take(s, device_inputs, chunks * config.engine.chunk_size)
         if chunks % per_save == 0 and not engine.wave_finished(s, iterations):
+            if writer:   # before the checkpoint: a kill between the two must not leave a checkpoint without its trace
+                trace.save(path)
             manager.save(chunks, args=ocp.args.StandardSave(s))
             manager.wait_until_finished()
-            if writer:
-                trace.save(path)
         now = time.perf_counter()
         if now - last_log[0] >= 10 or steps.min() >= iterations:
             rate = len(padded) * (chunks - resumed) * config.engine.chunk_size / (now - start)
