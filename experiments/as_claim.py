@@ -21,13 +21,18 @@ Parts of the `cpu` variant (CIFAR-10 32 px, 10,000 iterations; run in this order
                        MSE/Adam AE (its IG arm would be convnet_bs4's, same targets and keys, so it is not
                        run twice; at λ_AS 1e-4 the prior carries ~1e-3 of the matching gradient at bs 4,
                        too little for any AE to show)
+  d  convnet_bs4_mse_confirm   a confirmation of c's gain, fixed before it ran (c's comparison against IG
+                       was chosen after 12 of its 16 batches): 8 fresh disjoint batches (numbers 16-23,
+                       none seen by b or c), IG against the MSE/Adam AE at λ_AS 1e-1 and nothing else.
+                       Primary endpoint: mean ΔPSNR against IG with its 95 % bootstrap CI; the gain is
+                       confirmed if that CI lies above 0 (and the Wilcoxon p < 0.05), refuted otherwise.
 Reports: W/report.md (every part's λ_AS arms against its IG arm), W/ae_convnet_bs4_mse/report.md
 (part c: each MSE-AE arm against b's reference-AE arm of the same λ_AS, paired per target batch) and
 W/ae_convnet_bs4_mse_vs_ig/report.md (part c: both AEs' arms of those λ_AS against b's IG arm).
 Runtime on the 2-core CPU, measured: a ~4 h (~11 attack-steps/s), b bs 1 ~3.1 h (~58–76), b bs 4
 ~26–43 min a wave of 4 attacks (~15–27 attack-steps/s alone, by machine; 16 waves 7–11 h), c ~27–70
-min a wave of 4 (~9.5–29 attack-steps/s, by machine; 8 waves 3.6–9.3 h): a multi-session run; kill it
-at any time and rerun the same command to resume.
+min a wave of 4 (~9.5–29 attack-steps/s, by machine; 8 waves 3.6–9.3 h), d 4 waves of 4 like c's: a
+multi-session run; kill it at any time and rerun the same command to resume.
 
 Variants:
   smoke  tiny victim, 16 px CIFAR-10, bs 2 with either AE, 2 targets, 20 iterations, AEs trained 20 steps:
@@ -47,8 +52,9 @@ from gipip_jax import experiment
 
 REFERENCE_AE = "experiments/checkpoints/ae_cifar10_aux5_reference"   # BCE, Adadelta 0.1, 100 epochs
 MSE_AE = "experiments/checkpoints/ae_cifar10_aux5"                   # MSE, Adam 1e-3, 150 epochs
-PART = dict  # one study: label, victim, batch size, λ_TV, λ_AS grid, targets, prior ("reference" | "mse"),
-#              and for an MSE-AE part the reference-AE part it is compared with arm by arm (`against`)
+PART = dict  # one study: label, victim, batch size, λ_TV, λ_AS grid, targets (and the first batch number,
+#              `first`, default 0), prior ("reference" | "mse"), and for an MSE-AE part the reference-AE part it
+#              is compared with arm by arm (`against`)
 
 VARIANTS = {
     "smoke": dict(dataset="cifar10", image_size=16, iterations=20, lpips=None, prior_steps=20, parts=[
@@ -66,7 +72,9 @@ VARIANTS = {
         PART(name="convnet_bs4", victim="convnet", batch_size=4, tv=1e-5, as_weights=[0.0, 1e-4, 1e-2, 1e-1],
              targets=16, prior="reference"),
         PART(name="convnet_bs4_mse", victim="convnet", batch_size=4, tv=1e-5, as_weights=[1e-2, 1e-1],
-             targets=16, prior="mse", against="convnet_bs4")],
+             targets=16, prior="mse", against="convnet_bs4"),
+        PART(name="convnet_bs4_mse_confirm", victim="convnet", batch_size=4, tv=1e-5, as_weights=[0.0, 1e-1],
+             targets=8, first=16, prior="mse")],
         engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4, "engine.chunk_size": 50,
                 "engine.checkpoint_every": 500}),
     "full": dict(dataset="tiny_imagenet", image_size=None, iterations=48_000, lpips="alexnet", prior_steps=20_000,
@@ -103,9 +111,11 @@ def run(name: str, workdir: str) -> dict:
                      f"{meta.get('heldout_mse', float('nan')):.4f}, c = {meta['as_offset']}")
     studies = []
     for part in v["parts"]:
+        first = part.get("first", 0)
         fields = {"data.name": v["dataset"], "data.split": "train", "data.image_size": v["image_size"],
-                  "targets.starts": list(range(part["targets"])), "targets.batch_size": part["batch_size"],
-                  "victim.name": part["victim"], "victim.init": "torch", "attack.iterations": v["iterations"],
+                  "targets.starts": list(range(first, first + part["targets"])),
+                  "targets.batch_size": part["batch_size"], "victim.name": part["victim"], "victim.init": "torch",
+                  "attack.iterations": v["iterations"],
                   "attack.restart_selection": "matching", "grid.tv_weight": [part["tv"]],
                   "grid.as_weight": part["as_weights"], "prior.checkpoint": paths[part["prior"]],
                   "metrics.lpips_net": v["lpips"], **v["engine"], **part.get("engine", {})}
