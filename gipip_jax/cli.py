@@ -31,6 +31,15 @@ def error_line(error: BaseException) -> str:
     return f"gipip-jax: error: {text}"
 
 
+def input_errors() -> tuple[type[BaseException], ...]:
+    """Errors of input (config, data, checkpoints, the file system): one line, exit status 2.
+    Anything else is a bug and keeps its traceback."""
+    from gipip_jax import checkpoints, client, data, victims
+
+    return (ConfigError, data.DataError, checkpoints.CheckpointError, victims.ShapeError,
+            client.UpdateMismatchError, ValueError, OSError)
+
+
 def fail(error: BaseException) -> int:
     print(error_line(error), file=sys.stderr)
     return 2
@@ -46,7 +55,7 @@ def _check_workdir(workdir: str) -> None:
         raise ConfigError(f"--workdir {workdir!r}{where} is a file, not a directory")
 
 
-def _first_missing(workdir: str) -> str | None:
+def first_missing(workdir: str) -> str | None:
     """The outermost folder of `workdir`'s path that does not exist yet (a run creates it), or None."""
     path, missing = os.path.abspath(workdir), None
     while not os.path.lexists(path) and os.path.dirname(path) != path:
@@ -54,7 +63,7 @@ def _first_missing(workdir: str) -> str | None:
     return missing
 
 
-def _remove_if_empty(root: str) -> None:
+def remove_if_empty(root: str) -> None:
     """Removes folder `root` if it holds no files (only empty folders): what a run that failed to
     start leaves behind. A run that wrote anything (results, checkpoints, caches) keeps it to resume."""
     if not os.path.isdir(root) or os.path.islink(root):
@@ -101,13 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         except (report.ReportError, data.DataError, ValueError, OSError) as error:
             return fail(error)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from gipip_jax import checkpoints, client, data, jobs, victims
+    from gipip_jax import jobs
 
-    # Errors of input (config, data, checkpoints, the file system): one line, exit status 2.
-    # Anything else is a bug and keeps its traceback.
-    expected = (ConfigError, data.DataError, checkpoints.CheckpointError, victims.ShapeError,
-                client.UpdateMismatchError, ValueError, OSError)
-    created = _first_missing(args.workdir)   # removed again if the run fails before writing anything
+    expected = input_errors()
+    created = first_missing(args.workdir)   # removed again if the run fails before writing anything
     try:
         _check_workdir(args.workdir)
         config = load_config(args.config)
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             from gipip_jax import distributed
             distributed.exit_if_peer_lost(error)
         if created:
-            _remove_if_empty(created)
+            remove_if_empty(created)
         return fail(error)
     return 0
 

@@ -16,7 +16,7 @@ import time
 
 import ml_collections
 
-from gipip_jax import assembly, checkpoints, configs, data, jobs, report, study
+from gipip_jax import assembly, checkpoints, cli, configs, data, jobs, report, study
 
 AE_CONFIG = "experiments/configs/ae_cifar10.py"
 VICTIM_CONFIG = "experiments/configs/victim_cifar10.py"
@@ -122,7 +122,14 @@ def main(run, doc: str, name: str, argv: list[str]) -> int:
     if not argv or len(argv) > 2:
         print(doc)
         return 2
-    run(argv[0], argv[1] if len(argv) > 1 else f"runs/{name}_{argv[0]}")
+    workdir = argv[1] if len(argv) > 1 else f"runs/{name}_{argv[0]}"
+    created = cli.first_missing(workdir)   # removed again if the run fails before writing anything
+    try:
+        run(argv[0], workdir)
+    except cli.input_errors() as error:   # bad input: one line, exit status 2, what was computed stays
+        if created:
+            cli.remove_if_empty(created)
+        return cli.fail(error)
     return 0
 
 

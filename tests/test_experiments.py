@@ -62,3 +62,16 @@ def test_as_claim_smoke_pairs_arms_and_plots_the_traces(tmp_path):
     assert "ΔPSNR vs reference AE" in compared and "MSE AE" in compared
     against_ig = (tmp_path / "ae_tiny_bs2_mse_vs_ig" / "report.md").read_text()   # both AEs' arms vs IG
     assert "ΔPSNR vs IG" in against_ig and "reference AE" in against_ig and "MSE AE" in against_ig
+
+
+def test_driver_bad_input_is_one_error_line_and_leaves_no_workdir(tmp_path, monkeypatch, capsys):
+    """Run from outside the repository, the cpu variant finds no shipped AE: one line, exit status 2,
+    and the work directory it would have created is not left behind."""
+    from gipip_jax import experiment
+
+    driver = _driver("as_claim")
+    monkeypatch.chdir(tmp_path)
+    assert experiment.main(driver.run, driver.__doc__, "as_claim", ["cpu", "new/W"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gipip-jax: error: ") and err.count("\n") == 1 and "ae_cifar10_aux5" in err
+    assert not (tmp_path / "new").exists()
