@@ -31,8 +31,9 @@ Reports: W/report.md (every part's λ_AS arms against its IG arm), W/ae_convnet_
 W/ae_convnet_bs4_mse_vs_ig/report.md (part c: both AEs' arms of those λ_AS against b's IG arm).
 Runtime on the 2-core CPU, measured: a ~4 h (~11 attack-steps/s), b bs 1 ~3.1 h (~58–76), b bs 4
 ~26–43 min a wave of 4 attacks (~15–27 attack-steps/s alone, by machine; 16 waves 7–11 h), c ~27–70
-min a wave of 4 (~9.5–29 attack-steps/s, by machine; 8 waves 3.6–9.3 h), d 4 waves of 4 like c's: a
-multi-session run; kill it at any time and rerun the same command to resume.
+min a wave of 4 (~9.5–29 attack-steps/s, by machine; 8 waves 3.6–9.3 h), d ~28 min a wave of 4
+(~23 attack-steps/s; 4 waves ~2 h): a multi-session run; kill it at any time and rerun the same
+command to resume.
 
 Variants:
   smoke  tiny victim, 16 px CIFAR-10, bs 2 with either AE, 2 targets, 20 iterations, AEs trained 20 steps:
