@@ -22,6 +22,7 @@ import json
 import os
 import pathlib
 import tempfile
+import time
 from collections.abc import Mapping
 
 import ml_collections
@@ -48,6 +49,7 @@ def defended_gradient_fn(victim: Victim, defense: Mapping) -> training.GradientF
 def recipe(config: ml_collections.ConfigDict) -> dict:
     """What besides the defense decides a utility number (part of every cache key)."""
     return {"dataset": config.data.name, "image_size": config.data.get("image_size"), "victim": config.victim.name,
+            "init": config.victim.get("init", "flax"),
             "train_count": config.train_count, "eval_count": config.eval_count, "epochs": config.epochs,
             "batch_size": config.batch_size, "learning_rate": config.learning_rate, "augment": config.augment,
             "seed": config.seed}
@@ -105,11 +107,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
         train_set = assembly.load_dataset(config.data, "train")
         test_set = assembly.load_dataset(config.data, config.data.test_split)
         info = train_set.info
-        victim = make_victim(config.victim.name, info.num_classes, info.image_shape, conv="native")
+        victim = make_victim(config.victim.name, info.num_classes, info.image_shape, conv="native",
+                             init=config.victim.get("init", "flax"))
         x, y = train_set.take(np.arange(config.train_count))
         x_test, y_test = test_set.take(np.arange(config.eval_count))
+    started = time.perf_counter()
     for number, setting in enumerate(todo, 1):
-        log(f"[{number}/{len(todo)}] {victim.name} on {config.train_count} {info.name} images, defense {setting}")
+        log(f"[{number}/{len(todo)}] {victim.name} on {config.train_count} {info.name} images, seed {config.seed}, "
+            f"defense {setting}{eta(started, number - 1, len(todo))}")
         _, stats = training.train_victim(
             victim, x, y, info=info, epochs=config.epochs, batch_size=config.batch_size,
             learning_rate=config.learning_rate, seed=config.seed, eval_images01=x_test, eval_labels=y_test,
@@ -123,6 +128,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
     records = [cache[setting_key(fields, s)] for s in settings]
     log(table(records))
     return records
+
+
+def eta(started: float, done: int, total: int) -> str:
+    """", ETA ..." from the mean time of the `done` of `total` settings since `started` ("" before the first)."""
+    if done == 0:
+        return ""
+    left = (time.perf_counter() - started) / done * (total - done)
+    return f", ETA {left / 60:.0f} min for the {total - done} left"
 
 
 def table(records: list[dict]) -> str:

@@ -37,7 +37,7 @@ def sweep():
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.data = dict(name="cifar10", test_split="test", data_dir=None, cache_dir=None, image_size=None)
-    c.victim = dict(name="convnet")
+    c.victim = dict(name="convnet", init="flax")   # init: flax | torch (PyTorch's default init, as the attacks')
     c.train_count = 50_000
     c.eval_count = 10_000
     c.epochs = 5
