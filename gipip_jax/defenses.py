@@ -59,6 +59,45 @@ class StepHooks(NamedTuple):
     shared: Callable[[PyTree, Any, dict, jax.Array], PyTree] | None = None
 
 
+class AttackerContext(NamedTuple):
+    """What an attacker side may use, fixed per study: the attacked victim and its variables, the
+    param path of its last dense layer, the client's batch size, and the threat model's scale of
+    what a client adds to its step gradient on the shared update: `noise_scale` (FedSGD 1; FedAvg
+    local_lr * sqrt(local_steps)) and the number of `clients` in the secure aggregate."""
+
+    victim: Any
+    variables: dict
+    classifier: tuple[str, ...]
+    batch_size: int
+    step_batch_size: int
+    noise_scale: float
+    clients: int
+
+
+class Adaptation(NamedTuple):
+    """The attacker-side counterpart of a defense: what an attacker who knows it does about it.
+
+    knows: what the attacker is assumed to know, one sentence (docstrings, records).
+    knowledge(entry) -> {name: float}: the defense's numbers it uses, read from the defense entry
+      (traced per attack, with "on" 1.0 when the attack adapts to a defense that is on, else 0.0;
+      every function below must give finite values, and change nothing, when "on" is 0).
+    candidate(tree, target, k, context) -> tree: applied to the attacker's simulated update before
+      matching (a clip, or masks read off the observed update `target`).
+    steps(k, target, context, samples) -> `samples` StepHooks for the attacker's simulated client
+      step (e.g. a per-example clip, dropout masks); the simulated update is their mean.
+    samples(context) -> how many samples `steps` needs (1 when it is deterministic).
+    noise(k, context) -> (Gaussian variance, Laplace scale b) the defense adds to each entry of the
+      shared (aggregate) update; matching becomes that noise's negative log-likelihood.
+    """
+
+    knows: str
+    knowledge: Callable[[Mapping], dict]
+    candidate: Callable | None = None
+    steps: Callable | None = None
+    samples: Callable[[AttackerContext], int] = lambda context: 1
+    noise: Callable | None = None
+
+
 class Defense(NamedTuple):
     """One registered defense. An entry is {"name": name, **every field}.
 
@@ -67,6 +106,7 @@ class Defense(NamedTuple):
     validate(entry): raises ValueError naming the bad field and its allowed values.
     build: kind "update": build(entry, key) -> optax.GradientTransformation;
            kind "step": build(entry) -> StepHooks.
+    attacker: its `Adaptation` (how an attacker who knows it matches the update), or None.
     """
 
     name: str
@@ -75,6 +115,7 @@ class Defense(NamedTuple):
     switch: str
     validate: Callable[[Mapping], None]
     build: Callable[..., Any]
+    attacker: Adaptation | None = None
 
     def is_on(self, entry: Mapping) -> bool:
         return entry[self.switch] != self.fields[self.switch]
@@ -338,27 +379,42 @@ def classifier_input(apply: Callable[[], jax.Array]) -> ClassifierInput:
     return seen[-1]
 
 
+def classifier_path(victim, variables: dict) -> tuple[str, ...]:
+    """The param path of the victim's last dense layer (the one dropout and Soteria act on)."""
+    dummy = jnp.zeros((1, *victim.image_shape), jnp.float32)
+    return classifier_input(lambda: victim.apply(variables, dummy)).path
+
+
+def _rewrite_classifier_input(path: tuple[str, ...], rewrite: Callable[[jax.Array, jax.Array], jax.Array]):
+    """A StepHooks.forward: the input (B, F) of the dense layer at `path` replaced by rewrite(input, key)."""
+
+    def forward(victim, variables: dict, logits: Forward) -> Forward:
+        def rewritten(params, x, key):
+            def intercept(next_fun, args, kwargs, context):
+                if isinstance(context.module, nn.Dense) and tuple(context.module.path) == path \
+                        and context.method_name == "__call__":
+                    args = (rewrite(args[0], key), *args[1:])
+                return next_fun(*args, **kwargs)
+
+            with nn.intercept_methods(intercept):
+                return logits(params, x, key)
+
+        return rewritten
+
+    return forward
+
+
 def _build_dropout(entry: Mapping) -> StepHooks:
     """Inverted dropout of the rate on the input of the victim's last dense layer, a fresh mask
     from each call's key (the victims have no dropout layers of their own)."""
     rate = float(entry["dropout_rate"])
 
+    def drop(features, key):
+        keep = jax.random.bernoulli(key, 1.0 - rate, features.shape)
+        return jnp.where(keep, features / (1.0 - rate), 0.0)
+
     def forward(victim, variables: dict, logits: Forward) -> Forward:
-        dummy = jnp.zeros((1, *victim.image_shape), jnp.float32)
-        path = classifier_input(lambda: victim.apply(variables, dummy)).path
-
-        def dropped(params, x, key):
-            def drop(next_fun, args, kwargs, context):
-                if isinstance(context.module, nn.Dense) and tuple(context.module.path) == path \
-                        and context.method_name == "__call__":
-                    keep = jax.random.bernoulli(key, 1.0 - rate, args[0].shape)
-                    args = (jnp.where(keep, args[0] / (1.0 - rate), 0.0), *args[1:])
-                return next_fun(*args, **kwargs)
-
-            with nn.intercept_methods(drop):
-                return logits(params, x, key)
-
-        return dropped
+        return _rewrite_classifier_input(classifier_path(victim, variables), drop)(victim, variables, logits)
 
     return StepHooks(forward=forward)
 
@@ -385,14 +441,28 @@ def soteria_mask(victim, variables: dict, x: jax.Array, pruning: float) -> tuple
     return path, keep.astype(jnp.float32)[:, None]
 
 
-def apply_soteria(updates: PyTree, path: tuple[str, ...], mask: jax.Array) -> PyTree:
-    """`updates` with the kernel of the dense layer at `path` multiplied by `mask` (F, 1)."""
+def map_kernel(updates: PyTree, path: tuple[str, ...], fn: Callable[[jax.Array], jax.Array]) -> PyTree:
+    """`updates` with the kernel of the dense layer at `path` replaced by fn(kernel)."""
     def visit(tree, depth):
         if depth == len(path):
-            return {**tree, "kernel": tree["kernel"] * mask}
+            return {**tree, "kernel": fn(tree["kernel"])}
         return {**tree, path[depth]: visit(tree[path[depth]], depth + 1)}
 
     return visit(updates, 0)
+
+
+def kernel_at(updates: PyTree, path: tuple[str, ...]) -> jax.Array:
+    """The kernel (F, K) of the dense layer at `path` in a params-shaped tree."""
+    if path is None:
+        raise ValueError("the victim has no dense layer for the defense-aware attacker to read")
+    for part in path:
+        updates = updates[part]
+    return updates["kernel"]
+
+
+def apply_soteria(updates: PyTree, path: tuple[str, ...], mask: jax.Array) -> PyTree:
+    """`updates` with the kernel of the dense layer at `path` multiplied by `mask` (F, 1)."""
+    return map_kernel(updates, path, lambda kernel: kernel * mask)
 
 
 def _build_soteria(entry: Mapping) -> StepHooks:
@@ -403,15 +473,125 @@ def _build_soteria(entry: Mapping) -> StepHooks:
         tree, *soteria_mask(victim, variables, x, pruning)))
 
 
+# ----- attacker sides: what an attacker who knows the defense does (see Adaptation) -----
+
+DROPOUT_SAMPLES = 4   # masks averaged per step by the dropout-aware attacker at batch size > 1
+
+
+def _on(k: Mapping) -> jax.Array:
+    return k["on"] > 0
+
+
+def observed_zeros_masked(tree: PyTree, target: PyTree, on) -> PyTree:
+    """`tree` with the entries that are exactly 0 in the observed update `target` set to 0 (where
+    `on`): matching then sees only the coordinates the defense let through (breaching's masked cosine)."""
+    return jax.tree.map(lambda g, t: jnp.where(on & (t == 0), jnp.zeros_like(g), g), tree, target)
+
+
+def _clip_candidate(tree, target, k, context):
+    scale = jnp.minimum(1.0, k["clip_norm"] / jnp.maximum(optax.tree.norm(tree), 1e-30))
+    scale = jnp.where(_on(k), scale, 1.0)
+    return jax.tree.map(lambda g: g * scale, tree)
+
+
+def _noise_noise(k, context):
+    """Each client adds its own noise: the aggregate's variance is `clients` times one client's;
+    a sum of Laplace noises is not Laplace, so with clients > 1 it is modelled as Gaussian."""
+    laplace = (k["laplace"] > 0) & (context.clients == 1)
+    variance = jnp.where(_on(k) & ~laplace, k["std"] ** 2 * context.clients, 0.0)
+    return variance, jnp.where(_on(k) & laplace, k["std"] / math.sqrt(2.0), 0.0)
+
+
+def _dp_steps(k, target, context, samples):
+    """The simulated step clips each example's gradient to C before the mean (the mean of
+    per-example gradients, unclipped, where `on` is 0)."""
+
+    def gradient(loss: Loss) -> StepGradient:
+        def clipped(params, x, labels, key):
+            per = jax.vmap(lambda xi, yi: jax.grad(loss)(params, xi[None], yi[None], key))(x, labels)
+            norms = jax.vmap(optax.global_norm)(per)
+            scale = jnp.where(_on(k), jnp.minimum(1.0, k["clip_norm"] / jnp.maximum(norms, 1e-30)), 1.0)
+            return jax.tree.map(lambda g: jnp.mean(g * scale.reshape(-1, *(1,) * (g.ndim - 1)), axis=0), per)
+
+        return clipped
+
+    return [StepHooks(gradient=gradient)] * samples
+
+
+def _dp_noise(k, context):
+    """N(0, (z C)^2) on the sum of a step's B clipped gradients, divided by B; FedAvg sums its local
+    steps' updates (scale local_lr * sqrt(local_steps)), secure aggregation its clients'."""
+    std = k["noise_multiplier"] * k["clip_norm"] / context.step_batch_size * context.noise_scale
+    return jnp.where(_on(k), std**2 * context.clients, 0.0), 0.0
+
+
+def _dropout_samples(context: AttackerContext) -> int:
+    return 1 if context.step_batch_size == 1 else DROPOUT_SAMPLES
+
+
+def _dropout_steps(k, target, context, samples):
+    """Masks consistent with the observed update: a feature whose row of the last dense kernel is 0
+    in it was dropped (or 0) for every example, so it is dropped; the others are kept with
+    P(kept | not dropped by all B examples) = (1 - p) / (1 - p^B), independently per example (an
+    approximation that ignores the 'at least one kept' coupling). At batch size 1 that reads the
+    client's mask off the update exactly; above it, `samples` masks from fixed keys are averaged."""
+    seen = jnp.any(kernel_at(target, context.classifier) != 0, axis=1)    # (F,)
+    batch, rate = context.step_batch_size, k["rate"]
+    keep_prob = jnp.where(_on(k), (1.0 - rate) / (1.0 - rate**batch), 1.0)
+    hooks = []
+    for sample in range(samples):
+        u = jax.random.uniform(jax.random.key(sample), (batch, seen.shape[0]))
+        keep = seen[None] & (u < keep_prob)
+        scale = jnp.where(_on(k), keep / (1.0 - rate), 1.0)
+        hooks.append(StepHooks(forward=_rewrite_classifier_input(context.classifier,
+                                                                 lambda features, key, s=scale: features * s)))
+    return hooks
+
+
+def _soteria_candidate(tree, target, k, context):
+    zero_rows = jnp.all(kernel_at(target, context.classifier) == 0, axis=1, keepdims=True)   # (F, 1)
+    return map_kernel(tree, context.classifier, lambda kernel: jnp.where(_on(k) & zero_rows, 0.0, kernel))
+
+
+CLIP_ATTACKER = Adaptation(
+    "the clipping norm C: its simulated update is clipped to global norm C (a rescaling, so it changes "
+    "only a scale-aware matching, e.g. beside noise)", lambda e: {"clip_norm": float(e["clip_norm"])},
+    candidate=_clip_candidate)
+PRUNE_ATTACKER = Adaptation(
+    "that the update was magnitude-pruned: it matches only the coordinates that are non-zero in the observed "
+    "update (masked matching)", lambda e: {}, candidate=lambda tree, target, k, context: observed_zeros_masked(
+        tree, target, _on(k)))
+NOISE_ATTACKER = Adaptation(
+    "the noise's distribution and std: matching is the noise's negative log-likelihood per entry "
+    "(Gaussian: squared error / 2 std^2, Laplace: absolute error / b)",
+    lambda e: {"std": float(e["noise_std"]), "laplace": float(e["noise"] == "laplace")}, noise=_noise_noise)
+DP_SGD_ATTACKER = Adaptation(
+    "C and z: its simulated step clips each example's gradient to C, and matching is the Gaussian "
+    "negative log-likelihood of the noise z C / B", lambda e: {"clip_norm": float(e["dp_clip_norm"]),
+                                                               "noise_multiplier": float(e["dp_noise_multiplier"])},
+    steps=_dp_steps, noise=_dp_noise)
+DROPOUT_ATTACKER = Adaptation(
+    "the rate p and the layer: its simulated forward drops the classifier input with masks consistent with "
+    "the observed update's zero rows of the last dense kernel (the client's mask itself at batch size 1)",
+    lambda e: {"rate": float(e["dropout_rate"])}, steps=_dropout_steps, samples=_dropout_samples)
+SOTERIA_ATTACKER = Adaptation(
+    "which layer Soteria defends: the rows of the last dense kernel that are 0 in the observed update are "
+    "dropped from matching", lambda e: {}, candidate=_soteria_candidate)
+
+
 register(Defense("clip", "update", {"clip_norm": 0.0}, "clip_norm",
                  lambda entry: check_number(entry, "clip_norm"),
-                 lambda entry, key: optax.clip_by_global_norm(float(entry["clip_norm"]))))
+                 lambda entry, key: optax.clip_by_global_norm(float(entry["clip_norm"])), CLIP_ATTACKER))
 register(Defense("prune", "update", {"prune_sparsity": 0.0, "prune_scope": "per_tensor"}, "prune_sparsity",
-                 _check_prune, lambda entry, key: prune(float(entry["prune_sparsity"]), entry["prune_scope"])))
-register(Defense("noise", "update", {"noise": "gaussian", "noise_std": 0.0}, "noise_std", _check_noise, _build_noise))
+                 _check_prune, lambda entry, key: prune(float(entry["prune_sparsity"]), entry["prune_scope"]),
+                 PRUNE_ATTACKER))
+register(Defense("noise", "update", {"noise": "gaussian", "noise_std": 0.0}, "noise_std", _check_noise, _build_noise,
+                 NOISE_ATTACKER))
 register(Defense("dp_sgd", "step", {"dp_clip_norm": 0.0, "dp_noise_multiplier": 0.0}, "dp_clip_norm",
-                 _check_dp_sgd, _build_dp_sgd))
+                 _check_dp_sgd, _build_dp_sgd, DP_SGD_ATTACKER))
 register(Defense("dropout", "step", {"dropout_rate": 0.0}, "dropout_rate",
-                 lambda entry: check_number(entry, "dropout_rate", 0.0, 1.0, high_open=True), _build_dropout))
+                 lambda entry: check_number(entry, "dropout_rate", 0.0, 1.0, high_open=True), _build_dropout,
+                 DROPOUT_ATTACKER))
 register(Defense("soteria", "step", {"soteria_pruning": 0.0}, "soteria_pruning",
-                 lambda entry: check_number(entry, "soteria_pruning", 0.0, 1.0, high_open=True), _build_soteria))
+                 lambda entry: check_number(entry, "soteria_pruning", 0.0, 1.0, high_open=True), _build_soteria,
+                 SOTERIA_ATTACKER))

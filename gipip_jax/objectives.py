@@ -203,7 +203,8 @@ def make_objective(
     matching: str = "cosine",
     terms: Mapping[str, Mapping] | None = None,
     reconstruct: Callable[[jax.Array], jax.Array] | None = None,
-    update_fn: Callable[[PyTree, jax.Array, jax.Array], PyTree] | None = None,
+    update_fn: Callable[..., PyTree] | None = None,
+    attacker=None,
 ) -> Callable[..., tuple[jax.Array, dict]]:
     """Returns objective(x, target_grads, labels, terms=None) -> (loss, {term name: value}).
 
@@ -214,24 +215,36 @@ def make_objective(
     per-attack values, so one compiled program serves every weight). `reconstruct` (the AE prior's
     forward pass on [0, 1] images) is needed by "anomaly". `update_fn(params, x, labels)` is what
     the attacker simulates the client sharing; default: the FedSGD gradient of the mean CE loss.
+    `attacker` (an `adaptive.AttackerModel`; needs `update_fn` to take attacker-side step hooks, as
+    threat_models.attacker_update_fn's does) makes matching defense-aware: the settings then also
+    hold "matching", the attacker's knowledge of the defense (adaptive.knowledge).
     """
     if matching not in MATCHING:
         raise ValueError(f"unknown gradient matching {matching!r}; choose one of {MATCHING}")
     defaults = dict(terms or {})
-    unknown = set(defaults) - set(TERMS)
+    unknown = set(defaults) - set(TERMS) - ({"matching"} if attacker is not None else set())
     if unknown:
         raise ValueError(f"unknown objective term(s) {sorted(unknown)}; registered: {sorted(TERMS)}")
     distance = gradient_cosine_distance if matching == "cosine" else gradient_l2_distance
+    if attacker is not None and update_fn is None:
+        raise ValueError("a defense-aware attacker needs the update_fn it passes its step hooks to "
+                         "(threat_models.attacker_update_fn)")
     update_fn = update_fn or jax.grad(make_loss_fn(victim, variables))
     params = variables["params"]
     context = TermContext(victim, variables, info, reconstruct)
     values = {name: TERMS[name].build(context) for name in TERMS if name in defaults}
+    expected = set(values) | ({"matching"} if attacker is not None else set())
 
     def objective(x, target_grads, labels, terms=None):
         settings = defaults if terms is None else terms
-        if set(settings) != set(values):
-            raise ValueError(f"the objective was built with terms {sorted(values)}; got settings for {sorted(settings)}")
-        found = {"matching": distance(update_fn(params, x, labels), target_grads)}
+        if set(settings) != expected:
+            raise ValueError(f"the objective was built with settings for {sorted(expected)}; got {sorted(settings)}")
+        if attacker is None:
+            found = {"matching": distance(update_fn(params, x, labels), target_grads)}
+        else:
+            k = settings["matching"]
+            candidate = attacker.update(update_fn, params, x, labels, target_grads, k)
+            found = {"matching": attacker.distance(candidate, target_grads, k, distance)}
         loss = found["matching"]
         for name, value in values.items():
             options = {k: v for k, v in settings[name].items() if k != "weight"}

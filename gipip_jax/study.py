@@ -46,7 +46,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gipip_jax import (assembly, data, defenses, engine, metrics, report_plots, results,
+from gipip_jax import (adaptive, assembly, data, defenses, engine, metrics, report_plots, results,
                        summarize, threat_models)
 from gipip_jax import labels as label_lib
 from gipip_jax.client import check_update_matches
@@ -56,13 +56,16 @@ from gipip_jax.victims import make_victim
 # the objective terms' config fields (weights, then options such as the AS offset c: None = the AE's own c)
 TERM_DEFAULTS = {field: default for term in TERMS.values()
                  for field, default in ((term.weight_field, 0.0), *((f, None) for f in term.options.values()))}
-GRID_FIELDS = tuple(TERM_DEFAULTS) + tuple(defenses.DEFENSE_DEFAULTS)
+GRID_FIELDS = tuple(TERM_DEFAULTS) + tuple(defenses.DEFENSE_DEFAULTS) + tuple(adaptive.ATTACKER_DEFAULTS)
 # How the restart kept per target is chosen: the matching term alone (the authors' ranking) or the full objective.
 RESTART_SELECTIONS = ("matching", "objective")
 TRACE_POINTS = 20   # diagnostics per attack (record["trace"]), at chunk boundaries
 TRACE_FILE = "trace.json"
 GRID_COLUMNS = 16   # images per row of W/grid.png (the first target batches)
-GRID_DEFAULTS = {**TERM_DEFAULTS, **defenses.DEFENSE_DEFAULTS}
+GRID_DEFAULTS = {**TERM_DEFAULTS, **defenses.DEFENSE_DEFAULTS, **adaptive.ATTACKER_DEFAULTS}
+# Grid fields added after studies were published: at their default they are left out of the records'
+# settings and of the config fingerprint, so those studies' records still pair with new ones and resume.
+LATER_FIELDS = tuple(adaptive.ATTACKER_DEFAULTS)
 LABEL_SOURCES = ("given", "dlg", *label_lib.STRATEGIES)   # "dlg": learned jointly with the image (attack.optimizer lbfgs)
 THREAT_DEFAULTS = threat_models.THREAT_DEFAULTS
 # engine.strategy "auto" and attacks_per_device 0: measured by Engine.choose_plan; distributed: see distributed.py
@@ -103,6 +106,10 @@ def expand(config: ml_collections.ConfigDict, labels: np.ndarray, as_offset: flo
     settings = [dict(zip(GRID_FIELDS, combo)) for combo in itertools.product(*values)]
     for s in settings:
         defenses.parse(defense_of(s))
+        adaptive.adapted(s)   # checks the adaptive switch
+        for field in LATER_FIELDS:
+            if s[field] == GRID_DEFAULTS[field]:
+                del s[field]
         s["as_offset"] = as_offset if s["as_offset"] is None else float(s["as_offset"])
         if s["as_weight"] > 0 and as_offset is None:
             raise ValueError("grid.as_weight > 0 needs the AE prior (prior.checkpoint)")
@@ -137,7 +144,16 @@ def attack_name(config: ml_collections.ConfigDict, setting: dict) -> str:
 def setting_label(setting: dict) -> str:
     """The setting's fields other than λ_TV, λ_AS and c that differ from their defaults, e.g. "noise_std=0.01"."""
     return ", ".join(f"{f}={setting[f]}" for f in GRID_FIELDS
-                     if f not in ("tv_weight", "as_weight", "as_offset") and setting[f] != GRID_DEFAULTS[f])
+                     if f not in ("tv_weight", "as_weight", "as_offset") and setting.get(f, GRID_DEFAULTS[f]) != GRID_DEFAULTS[f])
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> str:
+    """The study's config fingerprint, LATER_FIELDS left out of the grid while they hold only their default."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for field in LATER_FIELDS:
+        if list(config.grid.get(field) or [GRID_DEFAULTS[field]]) == [GRID_DEFAULTS[field]] and field in config.grid:
+            del config.grid[field]
+    return assembly.config_fingerprint(config)
 
 
 def defense_of(setting: dict) -> dict:
@@ -150,7 +166,7 @@ class Study:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, log=print):
         self.config, self.workdir, self.log = config, workdir, log
-        self.fingerprint = assembly.config_fingerprint(config)
+        self.fingerprint = fingerprint(config)
         self.target_set = assembly.load_dataset(config.data, config.data.split)
         info = self.info = self.target_set.info
         self.victim, self.variables, self.victim_meta = assembly.victim_and_variables(config, info)
@@ -161,6 +177,8 @@ class Study:
         self.attacks = expand(config, self.target_set.labels, offset if reconstruct else None, self.excluded)
         # the terms of the one objective every attack shares; a setting without one has weight 0
         self.term_names = terms_in_use(a["setting"] for a in self.attacks)
+        # the attacker sides (defense-aware matching) some adaptive attack of the study needs
+        self.adaptations = adaptive.in_use(a["setting"] for a in self.attacks)
         self.threat = threat_models.check_threat_config(dict(config.get("threat") or {}))
         self.selection = config.attack.get("restart_selection", "matching")
         if self.selection not in RESTART_SELECTIONS:
@@ -170,12 +188,14 @@ class Study:
             raise ValueError(f"unknown attack.labels {self.label_source!r}; choose one of {LABEL_SOURCES}")
         optimization = assembly.optimization(config, info)
         self.gan_meta = optimization.gan_meta
-        defaults = term_settings(GRID_DEFAULTS, self.term_names)
+        defaults = self.term_values(GRID_DEFAULTS)
 
         def build(conv):
             victim = make_victim(self.victim.name, info.num_classes, info.image_shape, conv=conv)
+            attacker = adaptive.attacker_model(self.adaptations, adaptive.context(
+                victim, self.variables, config.targets.batch_size, self.threat)) if self.adaptations else None
             return make_objective(victim, self.variables, info, matching=config.attack.matching,
-                                  terms=defaults, reconstruct=reconstruct,
+                                  terms=defaults, reconstruct=reconstruct, attacker=attacker,
                                   update_fn=threat_models.attacker_update_fn(victim, self.variables, **self.threat))
 
         shape = (config.targets.batch_size, *info.image_shape)
@@ -219,9 +239,17 @@ class Study:
             self._client_updates()
         chosen = [self.attacks[i] for i in ids]
         updates = np.array([a["update"] for a in chosen])
-        terms = engine.per_attack_terms([term_settings(a["setting"], self.term_names) for a in chosen])
+        terms = engine.per_attack_terms([self.term_values(a["setting"]) for a in chosen])
         return engine.AttackInputs(jax.tree.map(lambda g: g[updates], self.target_grads), self.attack_labels[updates],
                                    terms, np.stack([a["key"] for a in chosen]))
+
+    def term_values(self, setting: dict) -> dict:
+        """The objective's settings of an attack of flat `setting`: its terms', and the attacker's
+        knowledge of the defense ("matching") when the study has adaptive attacks."""
+        values = term_settings(setting, self.term_names)
+        if self.adaptations:
+            values["matching"] = adaptive.knowledge(setting, self.adaptations)
+        return values
 
     def plan(self) -> engine.Plan:
         """The saved plan of this study, or a measured new one (saved to W/plan.json)."""
@@ -434,7 +462,8 @@ def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace
               "split": config.data.split, "model": study.victim.name, "victim": study.victim_meta,
               "target_indices": a["target_indices"], "labels": labels.tolist(), "batch_size": len(labels),
               "iterations": config.attack.iterations, "restart": a["restart"], "restarts": config.attack.restarts,
-              "setting": a["setting"], "setting_label": setting_label(a["setting"]), "threat": study.threat, "steps": int(result.steps[slot]),
+              "setting": a["setting"], "setting_label": setting_label(a["setting"]), "threat": study.threat,
+              "attacker_knows": adaptive.knows(a["setting"]), "steps": int(result.steps[slot]),
               "tries": int(result.tries[slot]), "label_source": study.label_source,
               # the labels the objective saw: given, recovered from the update, or learned (argmax)
               "recovered_labels": result.labels[slot].tolist(),

@@ -17,7 +17,8 @@ and its result (Soteria); its update defenses then transform the tree the client
 
 `attacker_update_fn` is the attacker's simulation of the same client computation (same kind, local
 steps, learning rate, mini-batches and number of clients), without the client's random defenses,
-whose noise and masks it cannot know; it is differentiable w.r.t. the candidate images.
+whose noise and masks it cannot know; it is differentiable w.r.t. the candidate images. An attacker
+who knows the defense passes its step hooks (adaptive.py).
 """
 
 from __future__ import annotations
@@ -185,24 +186,25 @@ def aggregated_update(victim: Victim, variables: dict, x: jax.Array, labels: jax
 
 def attacker_update_fn(victim: Victim, variables: dict, *, kind: str = "fedsgd", local_steps: int = 1,
                        local_lr: float = THREAT_DEFAULTS["local_lr"], local_batch_size: int = 0,
-                       clients: int = 1) -> Callable[[PyTree, jax.Array, jax.Array], PyTree]:
-    """update_fn(params, x, labels) -> tree: the attacker's simulation of the shared (aggregate)
-    update for candidate images x (B, H, W, C) normalized, labels int (B,) or soft (B, K); for
-    `objectives.make_objective(..., update_fn=...)`. Differentiable w.r.t. x."""
+                       clients: int = 1) -> Callable[..., PyTree]:
+    """update_fn(params, x, labels, steps=()) -> tree: the attacker's simulation of the shared
+    (aggregate) update for candidate images x (B, H, W, C) normalized, labels int (B,) or soft (B, K);
+    for `objectives.make_objective(..., update_fn=...)`. Differentiable w.r.t. x. `steps`: StepHooks
+    of an attacker who knows the client's step defenses (adaptive.py), applied in every client step."""
     _check_threat(kind, local_steps, local_lr, local_batch_size, None)
     _check_clients(clients)
-    step_gradient = make_step_gradient(victim, variables)
     key = jax.random.key(0)  # unused: the simulation has no randomness
 
-    def one_client(params, x, labels):
+    def one_client(params, x, labels, steps):
         _check_threat(kind, local_steps, local_lr, local_batch_size, x.shape[0])
+        step_gradient = make_step_gradient(victim, variables, steps)
         if kind == "fedsgd":
             return step_gradient(params, x, labels, key)
         return local_training_update(step_gradient, params, x, labels, key, local_steps=local_steps,
                                      local_lr=local_lr, local_batch_size=local_batch_size)
 
-    def update_fn(params, x, labels):
-        trees = [one_client(params, xc, yc) for xc, yc in split_clients(x, labels, clients)]
+    def update_fn(params, x, labels, steps=()):
+        trees = [one_client(params, xc, yc, steps) for xc, yc in split_clients(x, labels, clients)]
         return jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *trees)
 
     return update_fn

@@ -39,9 +39,10 @@ def get_config(arg=None):
     # One threat model per study: fedsgd | fedavg (local_steps, local_lr, local_batch_size), clients summed.
     c.threat = dict(THREAT_DEFAULTS)
     # Per-attack settings, each a list: every combination runs on every target. Objective weights
-    # (as_offset None: the AE's c) and the defense on the client's update (0: off).
+    # (as_offset None: the AE's c), the defense on the client's update (0: off), and whether the
+    # attacker knows that defense (adaptive; gipip_jax/adaptive.py).
     c.grid = dict(tv_weight=[1e-6], as_weight=[0.0, 1e-6, 1e-4], as_offset=[None], bn_weight=[0.0],
-                  **{field: [value] for field, value in DEFENSE_DEFAULTS.items()})
+                  **{field: [value] for field, value in DEFENSE_DEFAULTS.items()}, adaptive=[False])
     # strategy: auto | unroll | vmap | vmap_patches; attacks_per_device 0: measured. Multi-host:
     # distributed=True, and coordinator/num_processes/process_id unless the cluster is auto-detected.
     c.engine = dict(strategy="auto", attacks_per_device=0, chunk_size=50, checkpoint_every=200,
