@@ -12,29 +12,62 @@ W/utility/utility.json; the table is W/utility.md.
 
 The sweep: each defense family at 4 strengths, one field at a time against the undefended run:
 Gaussian and Laplace noise (std 1e-3 .. 1e-1), magnitude pruning per tensor and global (0.5 ..
-0.999), global-norm clipping (1 .. 1e-3), DP-SGD (clip 1, noise multiplier 0.01 .. 1) and dropout
-on the classifier input (0.25 .. 0.9). Soteria (0.4 .. 0.99) is in the attack sweep only: its
+0.999), global-norm clipping (1 .. 1e-3), DP-SGD (clip 1, noise multiplier 0.01 .. 1), dropout on
+the classifier input (0.25 .. 0.9) and Soteria (0.4 .. 0.99). Soteria's utility is not measured: its
 per-batch Jacobian of the representation needs ~64 GB for a ConvNet batch of 64 (measured: out of
-memory at 24 GiB), so its utility is not measured.
+memory at 24 GiB).
+
+Stage 2, leakage at batch size 1 (design fixed before its first attack): the untrained victim
+(PyTorch's init, seed 0), CIFAR-10 TRAIN targets (batch numbers 0..15, the AE's auxiliary images
+skipped: the targets of as_claim's convnet_bs1), given labels, Inverting Gradients (cosine + TV
+1e-6, Adam 0.1 unsigned, step schedule, 1 restart). One study per family holds every strength twice:
+the ignorant attack and the defense-aware one (grid `adaptive`, gipip_jax/adaptive.py; clipping has
+no defense-aware arm: cosine matching is blind to a rescaling, so it would be the same attack), plus
+the undefended study. Budget: 2,000 iterations; convergence is checked against as_claim's
+convnet_bs1 IG arm, the same targets, keys and victim at 10,000 iterations (W/convergence.md).
+Stage 3, batch size 4: per family the strength whose mean utility drop is nearest 2 points (Soteria:
+0.8), both arms, 16 disjoint train batches of 4 with distinct labels, λ_TV 1e-5, 2,000 iterations.
+
+Leakage per target is the PSNR of the suite's strongest reconstruction (gipip_jax/strongest.py): the
+ignorant suite (the ignorant attack alone) and the full suite (ignorant + defense-aware), the latter
+picked two ways: oracle-free (lowest defense-aware matching value, what a real attacker can compute)
+and oracle (highest PSNR, an upper bound). Recognisable: PSNR >= 20 dB.
+
+Primary endpoint (fixed before the first attack): at a budget of D = 2 points of test-accuracy drop,
+each family at its strongest affordable setting (the largest mean drop <= D; a family whose weakest
+setting costs more is not available at D), leakage under the full suite, oracle-free, at batch size
+1. The least-leaking family is compared with every other one: paired ΔPSNR (other − least) over the
+16 targets, 95 % percentile-bootstrap CI (10,000 resamples, seed 0) and Wilcoxon p with Holm's
+correction over the comparisons. Seed 002's claim "pruning protects best at matched utility" holds at
+D if a pruning family (per tensor or global) is the least leaking and every other family's CI lies
+above 0; it is refuted if some family's CI lies below 0 against pruning; otherwise undecided. The
+same is reported at D = 1 and 5 points and for the ignorant suite (does pruning stay best when the
+attacker adapts?). Reports: W/leakage_bs1.md (+ .png plots), W/leakage_bs4.md.
 
 Variants:
-  smoke  convnet_tiny at 16 px, 256 train images, 1 epoch, 2 seeds, 4 settings (~1 min; tested in CI)
-  cpu    ConvNet (PyTorch's init), 5,000 CIFAR-10 train images, 8 epochs (624 steps of 64), test
-         accuracy on 5,000 test images, seeds 0 and 1, the whole sweep (29 settings). Measured on the
-         2-core CPU: ~0.4 s a step (DP-SGD ~0.85: per-example gradients), ~5–6 min a setting, ~3 h a
-         seed, ~6 h in all: a multi-session run; kill it at any time and rerun the same command.
-  full   ConvNet, all 50,000 train images, 30 epochs, the 10,000 test images, seeds 0, 1 and 2: one
-         command for a GPU (not run yet: no GPU lent)
+  smoke  convnet_tiny at 16 px: utility 256 train images, 1 epoch, 2 seeds; attacks 2 targets,
+         10 iterations, 4 families at 1 strength, bs 4 for pruning only (tested in CI)
+  cpu    ConvNet (PyTorch's init). Utility: 5,000 CIFAR-10 train images, 8 epochs (624 steps of 64),
+         test accuracy on 5,000 test images, seeds 0 and 1, 29 settings: ~0.4 s a step (DP-SGD
+         ~0.85), 5.5–7.5 min a setting, ~3.3 h a seed (measured). Attacks (budgeted at the measured
+         ~60 attack-steps/s at bs 1 and ~22 at bs 4, vmap_patches x 4): bs 1, 1 + 60 arms x 16
+         targets x 2,000 iterations = 1.95M attack-steps, ~9 h; bs 4, 1 + 15 arms x 16 batches x 2,000
+         = 0.51M, ~6 h. In all ~22 CPU hours: a multi-session run; kill it at any time and rerun
+         the same command to resume.
+  full   ConvNet, utility on all 50,000 train images, 30 epochs, the 10,000 test images, seeds 0, 1
+         and 2; attacks at 10,000 iterations, 64 targets: one command for a GPU (not run yet)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 import numpy as np
 
-from gipip_jax import defenses, experiment, utility
+from gipip_jax import defenses, experiment, paired, strongest, utility
+from gipip_jax.results import read_records
 
 UTILITY_CONFIG = "experiments/configs/utility_cifar10.py"
 
@@ -54,17 +87,31 @@ def sweep() -> list[tuple[str, dict]]:
 
 
 UTILITY_UNMEASURED = ("soteria",)   # see the module docstring
+NO_ADAPTIVE_ARM = ("clipping",)     # cosine matching is blind to a rescaling: the adaptive arm is the same attack
+BS4_UNMEASURED_STRENGTH = {"soteria": {"soteria_pruning": 0.8}}   # its bs-4 setting without a utility number
+BUDGETS = (1.0, 2.0, 5.0)           # points of test-accuracy drop the verdicts are read at
+PRIMARY_BUDGET = 2.0
+REFERENCE_AE = "experiments/checkpoints/ae_cifar10_aux5_reference"   # its auxiliary images are skipped as targets
 
 VARIANTS = {
     "smoke": dict(utility={"data.image_size": 16, "victim.name": "convnet_tiny", "victim.init": "torch",
                            "train_count": 256, "eval_count": 128, "epochs": 1, "batch_size": 32},
-                  seeds=(0, 1), families=("none", "gaussian noise", "pruning per tensor", "dp-sgd"), strengths=1),
+                  seeds=(0, 1), families=("none", "gaussian noise", "pruning per tensor", "dropout", "soteria"),
+                  strengths=1, bs4_families=("none", "pruning per tensor"),
+                  attacks=dict(image_size=16, victim="convnet_tiny", targets=2, iterations=10, lpips=None,
+                               engine={"engine.strategy": "unroll", "engine.attacks_per_device": 2,
+                                       "engine.chunk_size": 5, "engine.checkpoint_every": 5})),
     "cpu": dict(utility={"victim.name": "convnet", "victim.init": "torch", "train_count": 5_000,
                          "eval_count": 5_000, "epochs": 8, "batch_size": 64, "learning_rate": 0.05},
-                seeds=(0, 1), families=None, strengths=4),
+                seeds=(0, 1), families=None, strengths=4,
+                attacks=dict(image_size=None, victim="convnet", targets=16, iterations=2_000, lpips="alexnet",
+                             engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4,
+                                     "engine.chunk_size": 50, "engine.checkpoint_every": 500})),
     "full": dict(utility={"victim.name": "convnet", "victim.init": "torch", "train_count": 50_000,
                           "eval_count": 10_000, "epochs": 30, "batch_size": 64, "learning_rate": 0.05},
-                 seeds=(0, 1, 2), families=None, strengths=4),
+                 seeds=(0, 1, 2), families=None, strengths=4,
+                 attacks=dict(image_size=None, victim="convnet", targets=64, iterations=10_000, lpips="alexnet",
+                              engine={"engine.chunk_size": 200, "engine.checkpoint_every": 2000})),
 }
 
 
@@ -128,11 +175,233 @@ def utility_table(v: dict, by_setting: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def families(v: dict) -> dict[str, list[dict]]:
+    """{family: its settings} of the variant, in sweep order ("none" first)."""
+    out: dict[str, list[dict]] = {}
+    for family, setting in settings(v):
+        out.setdefault(family, []).append(setting)
+    return out
+
+
+def grid_of(chosen: list[dict]) -> dict[str, list]:
+    """The study grid fields (dotted) whose product is exactly the settings `chosen`, which differ in at most one field."""
+    fields = list(dict.fromkeys(f for s in chosen for f in s))
+    grid = {f"grid.{f}": list(dict.fromkeys(s.get(f, defenses.DEFENSE_DEFAULTS[f]) for s in chosen)) for f in fields}
+    if np.prod([len(values) for values in grid.values()] or [1]) != len(chosen):
+        raise ValueError(f"settings {chosen} are not one field at a time")
+    return grid
+
+
+def study_fields(v: dict, batch_size: int, tv: float) -> dict:
+    a = v["attacks"]
+    return {"data.name": "cifar10", "data.split": "train", "data.image_size": a["image_size"],
+            "targets.starts": list(range(a["targets"])), "targets.batch_size": batch_size,
+            "victim.name": a["victim"], "victim.init": "torch", "attack.iterations": a["iterations"],
+            "attack.restart_selection": "matching", "grid.tv_weight": [tv], "grid.as_weight": [0.0],
+            "prior.checkpoint": REFERENCE_AE, "metrics.lpips_net": a["lpips"], **a["engine"]}
+
+
+def run_attacks(v: dict, workdir: str, by_setting: dict[str, list[dict]]) -> dict[int, list[str]]:
+    """Stages 2 and 3: {batch size: its study names}, every study run (or resumed) in W/studies."""
+    names: dict[int, list[str]] = {1: [], 4: []}
+    for family, chosen in families(v).items():
+        fields = {**study_fields(v, 1, 1e-6), **grid_of(chosen),
+                  "grid.adaptive": [False] if family in ("none", *NO_ADAPTIVE_ARM) else [False, True]}
+        names[1].append(experiment.run_study(workdir, f"bs1_{slug(family)}", fields))
+    for family, chosen in families(v).items():
+        if family not in v.get("bs4_families", (family,)):
+            continue
+        pick = [bs4_setting(family, chosen, by_setting)]
+        fields = {**study_fields(v, 4, 1e-5), **grid_of(pick),
+                  "grid.adaptive": [False] if family in ("none", *NO_ADAPTIVE_ARM) else [False, True]}
+        names[4].append(experiment.run_study(workdir, f"bs4_{slug(family)}", fields))
+    return names
+
+
+def slug(family: str) -> str:
+    return family.replace(" ", "_").replace("-", "_")
+
+
+def mean_drop(setting: dict, by_setting: dict[str, list[dict]]) -> float | None:
+    """Mean over seeds of the test-accuracy drop (points) from the undefended run of the same seed."""
+    records = by_setting.get(defense_key(setting))
+    if not records:
+        return None
+    base = {r["recipe"]["seed"]: r["eval_acc"] for r in by_setting["none"]}
+    return float(np.mean([100 * (base[r["recipe"]["seed"]] - r["eval_acc"]) for r in records]))
+
+
+def bs4_setting(family: str, chosen: list[dict], by_setting: dict[str, list[dict]]) -> dict:
+    """The family's setting nearest PRIMARY_BUDGET points of mean drop (stage 3)."""
+    if family in BS4_UNMEASURED_STRENGTH:
+        return BS4_UNMEASURED_STRENGTH[family]
+    return min(chosen, key=lambda s: abs(mean_drop(s, by_setting) - PRIMARY_BUDGET))
+
+
+def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[dict]], batch_size: int,
+            plot: bool) -> str:
+    """W/leakage_bsB.md (and the leakage-utility plot): per setting its utility and its leakage under the
+    ignorant suite and the full suite (oracle-free and oracle), then the verdicts at BUDGETS."""
+    cells, picks_used = {}, {"ignorant": {}, "oracle_free": {}, "oracle": {}}
+    for name in names:
+        records = [r for r in read_records(os.path.join(name, "results.jsonl")) if r.get("status") == "ok"]
+        picks = strongest.strongest(records, strongest.rescore(name, records))
+        ignorant = {k: r for k, r in strongest.strongest(
+            [r for r in records if not r["setting"].get("adaptive")], {})["oracle"].items()}
+        for suite, chosen in (("ignorant", ignorant), ("oracle_free", picks["oracle_free"]), ("oracle", picks["oracle"])):
+            picks_used[suite].update(chosen)
+        for r in records:
+            cells.setdefault(strongest.defense_key(r), os.path.basename(name))
+    suites = {suite: strongest.leakage(chosen) for suite, chosen in picks_used.items()}
+    rows = ["| study | defense | utility drop (points, mean over seeds) | ignorant IG: PSNR [95 % CI] | "
+            "strongest, oracle-free: PSNR [95 % CI] | recognisable (≥ 20 dB) | defense-aware picked | "
+            "strongest, oracle: PSNR |", "|---|---|---|---|---|---|---|---|"]
+    points = {}
+    for key, study_name in cells.items():
+        setting = {f: x for f, x in json.loads(key).items() if x != defenses.DEFENSE_DEFAULTS[f]}
+        drop = mean_drop(setting, by_setting)
+        row = [study_name, defense_key(setting), "not measured" if drop is None else f"{drop:+.1f}"]
+        for suite in ("ignorant", "oracle_free"):
+            psnr = suites[suite][key]["psnr"]
+            low, high = paired.bootstrap_mean_ci(psnr)
+            row.append(f"{psnr.mean():.2f} [{float(low):.2f}, {float(high):.2f}]")
+            points[(suite, key)] = (drop, psnr)
+        free = suites["oracle_free"][key]
+        row += [f"{free['recognisable']:.0%} of {len(free['psnr'])}", f"{free['adaptive']:.0%}",
+                f"{suites['oracle'][key]['psnr'].mean():.2f}"]
+        rows.append("| " + " | ".join(row) + " |")
+    text = [f"# Leakage at batch size {batch_size}: every defense setting under the ignorant and the strongest attack",
+            "", "\n".join(rows), ""]
+    if plot:
+        text += verdicts(v, points, by_setting)
+        plot_path = os.path.join(workdir, f"leakage_utility_bs{batch_size}.png")
+        if leakage_plot(v, points, plot_path):
+            text += ["", f"![leakage vs utility]({os.path.basename(plot_path)})"]
+    path = os.path.join(workdir, f"leakage_bs{batch_size}.md")
+    with open(path, "w") as f:
+        f.write("\n".join(text) + "\n")
+    return path
+
+
+def affordable(v: dict, budget: float, by_setting) -> dict[str, dict]:
+    """{family: its strongest affordable setting at `budget` points}: the largest mean drop <= budget."""
+    out = {}
+    for family, chosen in families(v).items():
+        if family == "none" or family in UTILITY_UNMEASURED:
+            continue
+        within = [(mean_drop(s, by_setting), s) for s in chosen]
+        within = [(d, s) for d, s in within if d is not None and d <= budget]
+        if within:
+            out[family] = max(within, key=lambda pair: pair[0])[1]
+    return out
+
+
+def verdicts(v: dict, points: dict, by_setting) -> list[str]:
+    """At each budget and suite: the least-leaking family against every other one, paired over targets."""
+    lines = ["## Which defense leaks least at matched utility?", "",
+             "Per family its strongest affordable setting (largest mean drop ≤ budget). ΔPSNR = other − least "
+             "leaking, per target; 95 % percentile-bootstrap CI (10,000 resamples, seed 0); Wilcoxon p, Holm over "
+             "the comparisons of a row. Primary endpoint: budget 2 points, strongest suite, oracle-free.", ""]
+    for budget in BUDGETS:
+        chosen = affordable(v, budget, by_setting)
+        for suite in ("oracle_free", "ignorant"):
+            leak = {family: points[(suite, json.dumps(defenses.parse(s).fields, sort_keys=True))][1]
+                    for family, s in chosen.items()}
+            if len(leak) < 2:
+                lines.append(f"- {budget:g} point(s), {suite}: fewer than 2 families affordable ({sorted(leak)})")
+                continue
+            least = min(leak, key=lambda family: leak[family].mean())
+            others = [f for f in leak if f != least]
+            stats = [paired.paired_stats(leak[f], leak[least]) for f in others]
+            adjusted = paired.holm([st["p_value"] for st in stats])
+            parts = [f"{f} ({defense_key(chosen[f])}) {st['mean']:+.2f} dB [{st['ci_low']:+.2f}, {st['ci_high']:+.2f}] "
+                     f"p {p:.2g}" for f, st, p in zip(others, stats, adjusted)]
+            claim = pruning_claim(least, {f: {**st, "p_holm": p} for f, st, p in zip(others, stats, adjusted)})
+            lines.append(f"- **{budget:g} point(s), {suite.replace('_', '-')}**: least leaking {least} "
+                         f"({defense_key(chosen[least])}, {leak[least].mean():.2f} dB); others: " + "; ".join(parts)
+                         + f". Pruning best: {claim}.")
+    return lines
+
+
+def pruning_claim(least: str, against_least: dict[str, dict]) -> str:
+    """Seed 002's claim at one budget, from the paired stats of each family against the least leaking
+    one (with "p_holm"): "holds" if pruning leaks least and every non-pruning family leaks more beyond
+    noise (CI above 0 and Holm p < 0.05); "refuted" if another family leaks less than every pruning
+    family beyond noise; else "undecided" (or "pruning not affordable")."""
+    def beyond_noise(st):
+        return st["ci_low"] > 0 and st["p_holm"] < paired.SIGNIFICANCE
+
+    pruning = [f for f in against_least if f.startswith("pruning")]
+    if least.startswith("pruning"):
+        rest = [st for f, st in against_least.items() if not f.startswith("pruning")]
+        return "holds" if all(beyond_noise(st) for st in rest) else "undecided"
+    if not pruning:
+        return "pruning not affordable"
+    return "refuted" if all(beyond_noise(against_least[f]) for f in pruning) else "undecided"
+
+
+def leakage_plot(v: dict, points: dict, path: str) -> bool:
+    """Mean PSNR (95 % CI bars) against mean utility drop, one curve per family, a panel per suite."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120, sharey=True)
+    drawn = False
+    for ax, suite in zip(axes, ("ignorant", "oracle_free")):
+        for family, chosen in families(v).items():
+            xy = [points[(suite, json.dumps(defenses.parse(s).fields, sort_keys=True))] for s in chosen]
+            xy = [(d, p) for d, p in xy if d is not None]
+            if not xy:
+                continue
+            means = [p.mean() for _, p in xy]
+            cis = [paired.bootstrap_mean_ci(p) for _, p in xy]
+            err = np.array([[m - float(lo), float(hi) - m] for m, (lo, hi) in zip(means, cis)]).T
+            ax.errorbar([d for d, _ in xy], means, yerr=np.nan_to_num(err), marker="o", capsize=3, label=family)
+            drawn = True
+        ax.axhline(strongest.RECOGNISABLE_PSNR, color="gray", ls=":", lw=1)
+        ax.set_title("ignorant attack" if suite == "ignorant" else "strongest of the suite (oracle-free)")
+        ax.set_xlabel("test-accuracy drop (points)")
+    axes[0].set_ylabel("PSNR of the reconstruction (dB)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path)
+    plt.close(fig)
+    return drawn
+
+
+def convergence(workdir: str, name: str) -> str | None:
+    """W/convergence.md: the undefended bs-1 arm at this budget against as_claim's convnet_bs1 IG arm
+    (same targets, keys and victim at 10,000 iterations), paired per target."""
+    reference = "experiments/results/as_claim/convnet_bs1/results.jsonl"
+    ours = {tuple(r["target_indices"]): r["psnr"] for r in read_records(os.path.join(name, "results.jsonl"))
+            if r.get("status") == "ok"}
+    long = {tuple(r["target_indices"]): r["psnr"] for r in read_records(reference)
+            if r.get("status") == "ok" and r["setting"]["as_weight"] == 0}
+    shared = sorted(set(ours) & set(long))
+    if len(shared) < 2:
+        return None
+    st = paired.paired_stats([ours[t] for t in shared], [long[t] for t in shared])
+    text = (f"Undefended IG at this budget against 10,000 iterations ({reference}), {st['n']} shared targets: "
+            f"ΔPSNR {st['mean']:+.2f} dB [{st['ci_low']:+.2f}, {st['ci_high']:+.2f}], median {st['median']:+.2f}, "
+            f"mean {np.mean([ours[t] for t in shared]):.2f} vs {np.mean([long[t] for t in shared]):.2f} dB.")
+    with open(os.path.join(workdir, "convergence.md"), "w") as f:
+        f.write(text + "\n")
+    return text
+
+
 def run(name: str, workdir: str) -> dict:
     if name not in VARIANTS:
         raise SystemExit(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
     v = VARIANTS[name]
-    return {"utility": run_utility(v, workdir)}
+    by_setting = run_utility(v, workdir)
+    names = run_attacks(v, workdir, by_setting)
+    out = {"utility": os.path.join(workdir, "utility.md"),
+           "leakage": [analyse(v, workdir, names[b], by_setting, b, plot=b == 1) for b in (1, 4)]}
+    if name == "cpu":
+        print(convergence(workdir, names[1][0]))
+    return out
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ def _driver(name):
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, studies, plots", [("aux_amount", 6, 2), ("ood", 12, 2), ("paper_bars", 5, 2)])
 def test_smoke_variant_runs_end_to_end_and_reports(tmp_path, name, studies, plots):
     paths = _driver(name).run("smoke", str(tmp_path))
@@ -42,6 +43,7 @@ def test_unknown_variant_is_refused():
         _driver("ood").run("huge", "unused")
 
 
+@pytest.mark.slow
 def test_as_claim_smoke_pairs_arms_and_plots_the_traces(tmp_path):
     """issue 14's driver: reference and MSE AEs trained, train-split targets skip the AE's images,
     every record carries a trace, the report has paired statistics and the trace plots."""
@@ -75,3 +77,33 @@ def test_driver_bad_input_is_one_error_line_and_leaves_no_workdir(tmp_path, monk
     err = capsys.readouterr().err
     assert err.startswith("gipip-jax: error: ") and err.count("\n") == 1 and "ae_cifar10_aux5" in err
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_defenses_smoke_runs_both_arms_of_every_family_and_reads_the_verdicts(tmp_path):
+    """issue 31's driver: utility over 2 seeds, one study per family with the ignorant and the defense-aware
+    arm, the strongest-attack tables and the matched-utility verdicts."""
+    _driver("defenses").run("smoke", str(tmp_path))
+    utility = (tmp_path / "utility.md").read_text()
+    assert "| soteria | soteria_pruning=0.4 | not measured" in utility and utility.count("\n|") == 6
+    for family in ("none", "gaussian_noise", "pruning_per_tensor", "dropout", "soteria"):
+        records = read_records(os.path.join(tmp_path, "studies", f"bs1_{family}", "results.jsonl"))
+        adapted = [r for r in records if r["setting"].get("adaptive")]
+        assert len(records) == (2 if family == "none" else 4) and len(adapted) == (0 if family == "none" else 2)
+        assert all(r["status"] == "ok" for r in records) and all(r["attacker_knows"] for r in adapted)
+    text = (tmp_path / "leakage_bs1.md").read_text()
+    assert text.count("\n| bs1_") == 5 and text.count("Pruning best: ") == 6
+    assert (tmp_path / "leakage_utility_bs1.png").stat().st_size > 0
+    assert (tmp_path / "leakage_bs4.md").read_text().count("\n| bs4_") == 2
+
+
+def test_pruning_claim_needs_the_interval_and_the_test():
+    claim = _driver("defenses").pruning_claim
+    beyond = {"ci_low": 0.5, "ci_high": 2.0, "p_holm": 0.01}
+    noise = {"ci_low": -0.5, "ci_high": 2.0, "p_holm": 0.3}
+    weak_p = {"ci_low": 0.1, "ci_high": 2.0, "p_holm": 0.2}
+    assert claim("pruning per tensor", {"dropout": beyond, "pruning global": noise}) == "holds"
+    assert claim("pruning per tensor", {"dropout": weak_p}) == "undecided"
+    assert claim("dropout", {"pruning per tensor": beyond, "pruning global": beyond}) == "refuted"
+    assert claim("dropout", {"pruning per tensor": beyond, "pruning global": noise}) == "undecided"
+    assert claim("dropout", {"clipping": beyond}) == "pruning not affordable"

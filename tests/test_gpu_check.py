@@ -107,6 +107,7 @@ def test_toy_part1_without_torch(tmp_path):
     assert result["study"]["status"] == "skipped" and result["precision"]["status"] == "skipped"
 
 
+@pytest.mark.slow
 def test_toy_run_writes_all_three_parts(tmp_path):
     """With the PyTorch reference where torch is installed, without it where it is not."""
     out = tmp_path / "gc"
