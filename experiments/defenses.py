@@ -3,7 +3,7 @@ defense" against attackers that know the defense (issue 31).
 
     python experiments/defenses.py VARIANT [WORKDIR]      (default WORKDIR runs/defenses_VARIANT)
 
-Stage 1, utility (done first; resumable per setting): the victim trained from its untrained init
+Stage 1, utility (its first seed runs first, then stage 2, then the other seeds; resumable per setting): the victim trained from its untrained init
 with every FedSGD client gradient defended (gipip_jax.utility: one client a step, eval-mode victim,
 SGD + momentum with a cosine schedule, crop + flip augmentation), for every setting of `sweep()`
 and every seed; test accuracy, its drop from the undefended run of the same seed, mean ± sd over
@@ -127,13 +127,13 @@ def settings(v: dict) -> list[tuple[str, dict]]:
     return chosen
 
 
-def run_utility(v: dict, workdir: str) -> dict[str, list[dict]]:
-    """Trains (or reads from the cache) every measured setting for every seed; writes W/utility.md.
-    Returns {setting key: [record of each seed]} keyed by `defense_key`."""
+def run_utility(v: dict, workdir: str, seeds=None) -> dict[str, list[dict]]:
+    """Trains (or reads from the cache) every measured setting for every seed of `seeds` (default:
+    the variant's); writes W/utility.md. Returns {setting key: [record of each seed]} keyed by `defense_key`."""
     measured = [s for family, s in settings(v) if family not in UTILITY_UNMEASURED]
     folder = os.path.join(workdir, "utility")
     by_setting: dict[str, list[dict]] = {}
-    for seed in v["seeds"]:
+    for seed in seeds or v["seeds"]:
         config = experiment.configured(UTILITY_CONFIG, {**v["utility"], "seed": seed})
         config.settings = measured
         print(f"== utility, seed {seed}: {len(measured)} settings", flush=True)
@@ -157,7 +157,8 @@ def utility_table(v: dict, by_setting: dict[str, list[dict]]) -> str:
     """Markdown: per setting, test accuracy mean ± sd over seeds, the mean drop from the undefended
     run of the same seed (points), and DP-SGD's ε."""
     base = {r["recipe"]["seed"]: r["eval_acc"] for r in by_setting["none"]}
-    lines = [f"| family | defense | test acc (mean ± sd over seeds {list(v['seeds'])}) | drop (points) | DP ε (δ) |",
+    seeds = sorted({r["recipe"]["seed"] for r in by_setting["none"]})
+    lines = [f"| family | defense | test acc (mean ± sd over seeds {seeds}) | drop (points) | DP ε (δ) |",
              "|---|---|---|---|---|"]
     for family, setting in settings(v):
         key = defense_key(setting)
@@ -201,20 +202,26 @@ def study_fields(v: dict, batch_size: int, tv: float) -> dict:
             "prior.checkpoint": REFERENCE_AE, "metrics.lpips_net": a["lpips"], **a["engine"]}
 
 
-def run_attacks(v: dict, workdir: str, by_setting: dict[str, list[dict]]) -> dict[int, list[str]]:
-    """Stages 2 and 3: {batch size: its study names}, every study run (or resumed) in W/studies."""
-    names: dict[int, list[str]] = {1: [], 4: []}
+def run_bs1(v: dict, workdir: str) -> list[str]:
+    """Stage 2: the bs-1 study of every family, run (or resumed) in W/studies; their directories."""
+    names = []
     for family, chosen in families(v).items():
         fields = {**study_fields(v, 1, 1e-6), **grid_of(chosen),
                   "grid.adaptive": [False] if family in ("none", *NO_ADAPTIVE_ARM) else [False, True]}
-        names[1].append(experiment.run_study(workdir, f"bs1_{slug(family)}", fields))
+        names.append(experiment.run_study(workdir, f"bs1_{slug(family)}", fields))
+    return names
+
+
+def run_bs4(v: dict, workdir: str, by_setting: dict[str, list[dict]]) -> list[str]:
+    """Stage 3: per family its setting nearest PRIMARY_BUDGET points of drop, at bs 4; their directories."""
+    names = []
     for family, chosen in families(v).items():
         if family not in v.get("bs4_families", (family,)):
             continue
         pick = [bs4_setting(family, chosen, by_setting)]
         fields = {**study_fields(v, 4, 1e-5), **grid_of(pick),
                   "grid.adaptive": [False] if family in ("none", *NO_ADAPTIVE_ARM) else [False, True]}
-        names[4].append(experiment.run_study(workdir, f"bs4_{slug(family)}", fields))
+        names.append(experiment.run_study(workdir, f"bs4_{slug(family)}", fields))
     return names
 
 
@@ -395,8 +402,10 @@ def run(name: str, workdir: str) -> dict:
     if name not in VARIANTS:
         raise SystemExit(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
     v = VARIANTS[name]
+    run_utility(v, workdir, seeds=v["seeds"][:1])   # the first seed, then the bs-1 attacks (they need no utility)
+    names = {1: run_bs1(v, workdir)}
     by_setting = run_utility(v, workdir)
-    names = run_attacks(v, workdir, by_setting)
+    names[4] = run_bs4(v, workdir, by_setting)
     out = {"utility": os.path.join(workdir, "utility.md"),
            "leakage": [analyse(v, workdir, names[b], by_setting, b, plot=b == 1) for b in (1, 4)]}
     if name == "cpu":

@@ -132,14 +132,14 @@ def test_transient_nan_restarts_from_a_fresh_key():
     assert np.all(np.isfinite(result.loss))
 
 
-def test_choose_plan_measures_and_respects_explicit_settings(study, monkeypatch):
+def test_choose_plan_follows_its_rule_and_respects_explicit_settings(study, monkeypatch):
     build, inputs = study
     eng = make_engine(build)
     plan, table = eng.choose_plan(inputs, N, strategy="unroll", attacks_per_device=3)
     assert plan == engine.Plan("unroll", 3, 1) and table == []
     plan, table = eng.choose_plan(inputs, 2, strategy="vmap", log=lambda _: None)
-    assert [row["attacks_per_device"] for row in table][:1] == [1] and plan.attacks_per_device in (1, 2)
-    assert all(row["attack_steps_per_s"] > 0 and row["bytes_per_device"] > 0 for row in table)
+    assert plan == engine.Plan("vmap", 2, 1) and [r["attacks_per_device"] for r in table] == [2]
+    assert all(r["bytes_per_device"] > 0 for r in table)
     with pytest.raises(ValueError, match="unknown engine strategy"):
         eng.choose_plan(inputs, N, strategy="pmap")
     monkeypatch.setattr(engine, "_free_bytes_per_device", lambda mesh: 1024.0)   # a device with 1 KiB free
