@@ -46,7 +46,7 @@ attacker adapts?). Reports: W/leakage_bs1.md (+ .png plots), W/leakage_bs4.md.
 
 Variants:
   smoke  convnet_tiny at 16 px: utility 256 train images, 1 epoch, 2 seeds; attacks 2 targets,
-         10 iterations, 4 families at 1 strength, bs 4 for pruning only (tested in CI)
+         10 iterations, 3 families at 1 strength, bs 4 for pruning only (tested in CI)
   cpu    ConvNet (PyTorch's init). Utility: 5,000 CIFAR-10 train images, 8 epochs (624 steps of 64),
          test accuracy on 5,000 test images, seeds 0 and 1, 29 settings: ~0.4 s a step (DP-SGD
          ~0.85), 5.5–7.5 min a setting, ~3.3 h a seed (measured). Attacks (budgeted at the measured
@@ -96,7 +96,7 @@ REFERENCE_AE = "experiments/checkpoints/ae_cifar10_aux5_reference"   # its auxil
 VARIANTS = {
     "smoke": dict(utility={"data.image_size": 16, "victim.name": "convnet_tiny", "victim.init": "torch",
                            "train_count": 256, "eval_count": 128, "epochs": 1, "batch_size": 32},
-                  seeds=(0, 1), families=("none", "gaussian noise", "pruning per tensor", "dropout", "soteria"),
+                  seeds=(0, 1), families=("none", "gaussian noise", "pruning per tensor", "soteria"),
                   strengths=1, bs4_families=("none", "pruning per tensor"),
                   attacks=dict(image_size=16, victim="convnet_tiny", targets=2, iterations=10, lpips=None,
                                engine={"engine.strategy": "unroll", "engine.attacks_per_device": 2,

@@ -20,15 +20,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from gipip_jax import checkpoints, data, parameterizations
+from gipip_jax import checkpoints, data, parameterizations, threat_models
 from gipip_jax import dip as dip_lib
 from gipip_jax import gan as gan_lib
+from gipip_jax import inverter as inverter_lib
 from gipip_jax.attack import OPTIMIZERS, make_lbfgs, make_optimizer, step_decay_schedule
 from gipip_jax.victims import make_victim
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # GI-PIP's AS offsets c by image side (the authors' values): 32 px, 64 px, 224 px.
 REFERENCE_AS_OFFSETS = {32: 0.001, 64: 0.002, 224: 0.005}
+# attack.init of pixel attacks: x ~ N(0, 1), or the output of the Learning-to-Invert network inverter.checkpoint
+ATTACK_INITS = ("random", "inverter")
 
 
 def resolve_path(path: str) -> str:
@@ -63,6 +66,38 @@ def victim_and_variables(config: ml_collections.ConfigDict, info: data.DatasetIn
                                                                           "init": init}
 
 
+def victim_identity(config: ml_collections.ConfigDict) -> dict:
+    """What fixes the attacked weights: the victim checkpoint's absolute path, else name, init and init seed."""
+    v = config.victim
+    if v.get("checkpoint"):
+        return {"checkpoint": os.path.abspath(resolve_path(v.checkpoint))}
+    return {"name": v.name, "init": v.get("init", "flax"), "init_seed": int(v.init_seed)}
+
+
+def inverter(config: ml_collections.ConfigDict, info: data.DatasetInfo):
+    """(Inverter, record metadata) of inverter.checkpoint, checked against the study: the same
+    victim weights, threat model and client batch shape (targets.batch_size, *image shape)."""
+    path = (config.get("inverter") or {}).get("checkpoint")
+    if not path:
+        raise ValueError("attack.init='inverter' needs inverter.checkpoint (made by `gipip-jax train-inverter`)")
+    inv = inverter_lib.load(resolve_path(path))
+    meta = inv.metadata
+    shape = (int(config.targets.batch_size), *info.image_shape)
+    if tuple(inv.spec.out_shape) != shape:
+        raise ValueError(f"the inverter {path} makes client batches of shape {inv.spec.out_shape}; this study's are "
+                         f"{shape} (targets.batch_size, H, W, C): train one for them (gipip-jax train-inverter)")
+    if meta.get("victim_identity") != victim_identity(config):
+        raise ValueError(f"the inverter {path} was trained on the victim {meta.get('victim_identity')}; this study "
+                         f"attacks {victim_identity(config)}")
+    threat = threat_models.check_threat_config(dict(config.get("threat") or {}))
+    if meta.get("threat") != threat:
+        raise ValueError(f"the inverter {path} was trained for the threat model {meta.get('threat')}; this study's "
+                         f"is {threat}")
+    keep = ("dataset", "aux_count", "aux_fraction", "defense", "epochs", "best_epoch", "heldout_mse", "heldout_psnr",
+            "baseline_mse", "client_batch_size")
+    return inv, {"checkpoint": path, **{k: meta.get(k) for k in keep}, "model": inv.spec.to_json()}
+
+
 def prior(config: ml_collections.ConfigDict):
     """(reconstruct fn or None, AS offset, metadata) of the configured AE prior: loaded when some
     setting of the grid has grid.as_weight > 0."""
@@ -87,6 +122,7 @@ class Optimization(NamedTuple):
     optimizer: optax.GradientTransformation
     line_search: bool = False
     gan_meta: dict | None = None
+    inverter_meta: dict | None = None
 
 
 def optimization(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> Optimization:
@@ -95,11 +131,19 @@ def optimization(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> O
     (default) over attack.parameterization: "pixels" (default; attack.learning_rate, attack.signed),
     "gan" (config.gan: checkpoint, latent_iterations (None: half of attack.iterations), latent_lr,
     generator_lr) or "dip" (config.dip: widths, learning_rate, noise_channels, noise_std). Every
-    Adam phase uses the reference step schedule (x0.1 at 3/8, 5/8, 7/8 of its iterations)."""
+    Adam phase uses the reference step schedule (x0.1 at 3/8, 5/8, 7/8 of its iterations).
+    attack.init "inverter" (pixels only): every attack starts at the Learning-to-Invert network
+    inverter.checkpoint's reconstruction from its target update (attack.iterations 0: LTI alone)."""
     a = config.attack
     name, labels = a.get("optimizer", "adam"), a.get("labels", "given")
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown attack.optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    start = a.get("init", "random")
+    if start not in ATTACK_INITS:
+        raise ValueError(f"unknown attack.init {start!r}; choose one of {', '.join(ATTACK_INITS)}")
+    if start == "inverter" and (name != "adam" or a.get("parameterization", "pixels") != "pixels"):
+        raise ValueError("attack.init='inverter' starts the pixels: it needs attack.optimizer='adam' and "
+                         "attack.parameterization='pixels'")
     if labels == "dlg" and name != "lbfgs":
         raise ValueError("attack.labels='dlg' (soft labels learned jointly) needs attack.optimizer='lbfgs'")
     if name == "lbfgs":
@@ -109,6 +153,10 @@ def optimization(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> O
     if kind not in parameterizations.PARAMETERIZATIONS or kind == "dlg":
         choices = ", ".join(k for k in parameterizations.PARAMETERIZATIONS if k != "dlg")
         raise ValueError(f"unknown attack.parameterization {kind!r} for attack.optimizer 'adam'; choose one of {choices}")
+    if kind == "pixels" and start == "inverter":
+        inv, meta = inverter(config, info)
+        p = parameterizations.pixels(info.bounds(), start=lambda update: info.normalize(inv.images01(update)))
+        return Optimization(p, make_optimizer(a.learning_rate, a.iterations, signed=a.signed), inverter_meta=meta)
     if kind == "pixels":
         return Optimization(None, make_optimizer(a.learning_rate, a.iterations, signed=a.signed))
     if kind == "gan":
@@ -141,7 +189,28 @@ def optimization(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> O
 
 def prior_auxiliary_indices(config: ml_collections.ConfigDict, num_examples: int) -> np.ndarray:
     """Indices of the split that the configured AE prior was trained on (empty when it was trained on
-    another dataset or split, or no prior is configured): targets must not be among them."""
+    another dataset or split, or no prior is configured), and those the inverter was trained and
+    selected on when attack.init is "inverter": targets must not be among them."""
+    indices = _ae_auxiliary_indices(config, num_examples)
+    if config.attack.get("init", "random") == "inverter" and (config.get("inverter") or {}).get("checkpoint"):
+        indices = np.union1d(indices, _inverter_auxiliary_indices(config, num_examples))
+    return indices
+
+
+def _inverter_auxiliary_indices(config: ml_collections.ConfigDict, num_examples: int) -> np.ndarray:
+    metadata_path = os.path.join(resolve_path(config.inverter.checkpoint), checkpoints.METADATA_FILE)
+    if not os.path.exists(metadata_path):
+        return np.zeros(0, np.int64)
+    with open(metadata_path) as f:
+        meta = json.load(f)
+    if (meta.get("dataset"), meta.get("split"), meta.get("pool_count")) != (config.data.name, config.data.split, num_examples):
+        return np.zeros(0, np.int64)
+    aux, heldout = inverter_lib.auxiliary_split(num_examples, fraction=meta["aux"]["fraction"], count=meta["aux"]["count"],
+                                                seed=int(meta["aux"]["seed"]), heldout_count=int(meta["heldout_count"]))
+    return np.union1d(aux, heldout)
+
+
+def _ae_auxiliary_indices(config: ml_collections.ConfigDict, num_examples: int) -> np.ndarray:
     path = config.get("prior", {}).get("checkpoint")
     if not path:
         return np.zeros(0, np.int64)

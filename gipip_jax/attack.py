@@ -50,8 +50,9 @@ class AttackState(NamedTuple):
 class Attack(NamedTuple):
     """Pure functions of one attack.
 
-    init(key, shape) -> AttackState, the parameterization's init (pixels: x ~ N(0, 1), the
-      reference initialization).
+    init(key, shape, update=None) -> AttackState, the parameterization's init (pixels: x ~ N(0, 1),
+      the reference initialization), or its from_update(key, shape, update) when it has one
+      (update: the attack's target update tree).
     step(state, target_grads, labels, terms=None) -> AttackState, one optimizer step + the
       parameterization's projection (pixels: the box); `terms` (e.g. traced per-attack term
       settings, see objectives.make_objective) is passed to the objective.
@@ -61,7 +62,7 @@ class Attack(NamedTuple):
     labels(params, given) -> the labels the objective sees (learned ones for DLG).
     """
 
-    init: Callable[[jax.Array, tuple[int, ...]], AttackState]
+    init: Callable[..., AttackState]
     step: Callable[..., AttackState]
     result: Callable[[AttackState], PyTree]
     render: Callable[[PyTree], jax.Array]
@@ -108,8 +109,10 @@ def make_attack(objective: Objective, optimizer: optax.GradientTransformation, b
         parameterization = pixels(bounds)
     p = parameterization
 
-    def init(key, shape):
-        x = p.init(key, shape)
+    def init(key, shape, update=None):
+        if p.from_update is not None and update is None:
+            raise ValueError(f"the {p.name} parameterization starts from the target update: pass it to init")
+        x = p.init(key, shape) if p.from_update is None else p.from_update(key, shape, update)
         # optax's line-search state starts with weakly typed scalars; strong types keep the carry of
         # lax.scan fixed, so the step is traced once.
         opt_state = jax.tree.map(lambda a: jnp.asarray(a, a.dtype), optimizer.init(x))

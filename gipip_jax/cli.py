@@ -1,17 +1,20 @@
 """`gipip-jax` command line: thin wrapper that loads a config file and runs a job.
 
     gipip-jax attack       --config experiments/configs/gipip_cifar10.py:smoke --workdir W   (a study, one attack per device)
-    gipip-jax study        --config experiments/configs/study_cifar10.py:smoke --workdir W   (in measured waves)
+    gipip-jax study        --config experiments/configs/study_cifar10.py:smoke --workdir W   (in waves)
     gipip-jax train-ae     --config experiments/configs/ae_cifar10.py --workdir W
     gipip-jax train-gan    --config experiments/configs/gan_cifar10.py --workdir W
     gipip-jax train-victim --config experiments/configs/victim_cifar10.py:smoke --workdir W
     gipip-jax utility      --config experiments/configs/utility_cifar10.py:smoke --workdir W
+    gipip-jax train-inverter --config experiments/configs/inverter_cifar10.py:smoke --workdir W
     gipip-jax summarize    W/results.jsonl [...]
     gipip-jax report       W      (a study or experiment directory -> W/report.md, W/report.html)
 
 A config file defines `get_config(arg=None) -> ml_collections.ConfigDict`; `PATH:ARG` passes
 ARG. `--set key.sub=value` overrides a field (value parsed as a Python literal, else a string).
-Bad input ends with one line `gipip-jax: error: ...` on stderr and exit status 2.
+Bad input ends with one line `gipip-jax: error: ...` on stderr and exit status 2 (config fields are
+checked against schema.py's table first; `--help-config` lists them); a study interrupted by SIGINT
+or SIGTERM with one line and status 130 or 143 (rerun to resume).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import argparse
 import os
 import sys
 
+from gipip_jax import schema
 from gipip_jax.configs import ConfigError, apply_override, load_config  # noqa: F401  (also cli's API)
 
-COMMANDS = ("attack", "study", "train-ae", "train-gan", "train-victim", "utility")
+COMMANDS = ("attack", "study", "train-ae", "train-gan", "train-victim", "utility", "train-inverter")
 
 
 def error_line(error: BaseException) -> str:
@@ -86,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="config file, PATH.py[:ARG]")
         p.add_argument("--workdir", required=True, help="directory for checkpoints and results")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+        p.add_argument("--help-config", action=schema.HelpConfig, command=command, help="list config fields, exit")
     summarize = sub.add_parser("summarize", help="markdown table of results.jsonl files")
     summarize.add_argument("paths", nargs="+", help="results.jsonl files")
     report = sub.add_parser("report", help="markdown/HTML report with plots and image grids of a study or experiment")
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         except (report.ReportError, data.DataError, ValueError, OSError) as error:
             return fail(error)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from gipip_jax import jobs
+    from gipip_jax import jobs, workdir
 
     expected = input_errors()
     created = first_missing(args.workdir)   # removed again if the run fails before writing anything
@@ -119,20 +124,24 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         for assignment in args.set:
             apply_override(config, assignment)
+        schema.validate(config)   # every declared field, before any data is decoded
         from gipip_jax import study, utility
 
         if args.command == "attack":   # a study run one attack per device
             config = study.sequential(config)
         job = {"attack": study.run, "study": study.run, "train-ae": jobs.train_ae, "train-gan": jobs.train_gan,
-               "train-victim": jobs.train_victim, "utility": utility.run}[args.command]
+               "train-victim": jobs.train_victim, "utility": utility.run, "train-inverter": jobs.train_inverter}[args.command]
         job(config, args.workdir)
+    except workdir.Interrupted as stop:   # SIGINT / SIGTERM in a study: one line, status 130 / 143
+        print(f"gipip-jax: {stop}", file=sys.stderr)
+        return workdir.leave(stop.status)
     except expected as error:
         if args.command in ("attack", "study"):   # a lost peer of a multi-process study: exit now, skip JAX's exit barrier
             from gipip_jax import distributed
             distributed.exit_if_peer_lost(error)
         if created:
             remove_if_empty(created)
-        return fail(error)
+        return workdir.leave(fail(error))   # in a multi-process group: at once (say, process 0 refused W's lock)
     return 0
 
 

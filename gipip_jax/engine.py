@@ -14,10 +14,11 @@ Inside a device, the attacks of its block run by one of three strategies:
                    per-attack batching at all; with one attack per device this is the sequential
                    loop, so the engine can always fall back to it).
 
-`Engine.choose_plan` picks the strategy and the wave size by measurement: it compiles candidate
-programs, reads XLA's memory analysis to stay inside device memory, times a few steps of each and
-keeps the highest attack-steps/s. Each program is compiled once, ahead of time (`jit(...).lower(...)
-.compile()`), and serves every chunk and wave of its shape: a compiled program cannot retrace.
+`Engine.choose_plan` picks the strategy and the wave size by a fixed rule of the config and the
+devices, never by timing, since another wave width gives other numbers (the attacks are chaotic in
+float rounding): see its docstring. `read_plan` replays a plan saved by another run. Each program
+is compiled once, ahead of time (`jit(...).lower(...).compile()`), and serves every chunk and wave
+of its shape: a compiled program cannot retrace.
 
 An attack whose objective or image becomes NaN/Inf restarts from a fresh key (fold_in(key, try))
 up to `max_tries` times, then is marked failed; an attack that keeps its best iterate (L-BFGS) and
@@ -28,6 +29,7 @@ selected with `jnp.where`). One attack on one device ("unroll" x 1) is the seque
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -48,8 +50,13 @@ PyTree = Any
 AXIS = "attacks"
 STRATEGIES = ("vmap", "vmap_patches", "unroll")
 CONV_OF_STRATEGY = {"vmap": "native", "vmap_patches": "patch_grad", "unroll": "native"}
-# Used by choose_plan: share of a device's free memory a wave may use.
+# Used by choose_plan: share of a device's memory a wave may use.
 MEMORY_FRACTION = 0.8
+# choose_plan's attacks per device when none is given: by backend (ACCELERATOR_WIDTH for the others).
+CPU_WIDTH = 4
+ACCELERATOR_WIDTH = 64
+# Parameterizations with convolution weights of their own, which vmap turns into grouped convolutions.
+WEIGHTED_PARAMETERIZATIONS = ("gan", "dip")
 
 
 class AttackInputs(NamedTuple):
@@ -212,20 +219,20 @@ class Engine:
                              line_search=self.line_search)
         shape, max_tries = self.shape, self.max_tries
 
-        def fresh(key_data, tries):
-            key = jax.random.fold_in(jax.random.wrap_key_data(key_data), tries)
-            return attack.init(key, shape)
+        def fresh(inp: AttackInputs, tries):
+            key = jax.random.fold_in(jax.random.wrap_key_data(inp.keys), tries)
+            return attack.init(key, shape, inp.target_grads)
 
         def init_one(inp: AttackInputs) -> WaveState:
             no = jnp.zeros((), bool)
-            return WaveState(fresh(inp.keys, 0), jnp.zeros((), jnp.int32), no, no)
+            return WaveState(fresh(inp, 0), jnp.zeros((), jnp.int32), no, no)
 
         def step_one(s: WaveState, inp: AttackInputs, total) -> WaveState:
             new = attack.step(s.attack, inp.target_grads, inp.labels, inp.terms)
             bad = ~jnp.isfinite(new.loss) | ~_all_finite(new.x)
             end = bad & jnp.isfinite(s.attack.best[1]) if attack.keeps_best else jnp.zeros((), bool)
             retry = bad & ~end & (s.tries < max_tries)
-            restarted = _tree_where(retry, fresh(inp.keys, s.tries + 1), s.attack)
+            restarted = _tree_where(retry, fresh(inp, s.tries + 1), s.attack)
             nxt = WaveState(_tree_where(bad, restarted, new), s.tries + retry.astype(jnp.int32),
                             s.failed | (bad & ~retry & ~end), s.ended | end)
             return _tree_where((s.attack.step < total) & ~s.failed & ~s.ended, nxt, s)
@@ -345,58 +352,48 @@ class Engine:
         return self.run_wave(program, inputs, iterations)[1]
 
     def choose_plan(self, example: AttackInputs, num_attacks: int, *, strategy: str = "auto",
-                    attacks_per_device: int = 0, probe_steps: int = 2,
-                    log: Callable[[str], None] = print) -> tuple[Plan, list[dict]]:
-        """Picks (strategy, attacks per device) by measured attack-steps/s; returns it and the probe table.
+                    attacks_per_device: int = 0, log: Callable[[str], None] = print) -> tuple[Plan, list[dict]]:
+        """The plan of `num_attacks` attacks: a function of the config, the backend and the devices'
+        memory size, never of timing, so a rerun on the same kind of device computes the same numbers.
 
-        strategy "auto" tries "unroll" and "vmap_patches" on CPU, "vmap" and "vmap_patches" on
-        accelerators; attacks_per_device 0 doubles from 1 until throughput stops improving by 5 %,
-        the study has no more attacks to fill a wave, or XLA's memory analysis says the next size
-        would not fit in MEMORY_FRACTION of a device's free memory. A single candidate is compiled
-        and checked against memory, not timed.
+        Strategy "auto": `default_strategy` (vmap_patches on CPU, the fastest there by 2.7-3.1x,
+        BENCHMARKS.md; vmap elsewhere), but "unroll" on CPU for WEIGHTED_PARAMETERIZATIONS, whose own
+        weight gradients vmap would make grouped convolutions. attacks_per_device 0: min(width, what
+        the study fills), width CPU_WIDTH on CPU (batching gains at most 1.14x there, memory stays
+        small), 1 for "unroll" (its compile time grows with the width for a 1.1x gain), else
+        ACCELERATOR_WIDTH (a 32 px attack alone cannot fill a GPU; not measured yet), shrunk in
+        proportion while XLA's memory estimate of the compiled program exceeds MEMORY_FRACTION of the
+        device's memory size (its limit, not what is free now). A plan whose program does not fit
+        MEMORY_FRACTION of the memory free now is a ValueError: a busy machine stops the run rather
+        than change its numbers. Returns the plan and the widths the memory rule compiled
+        (strategy, attacks_per_device, bytes_per_device; [] for a given width).
         """
-        if strategy == "auto":
-            strategies = ["unroll", "vmap_patches"] if jax.default_backend() == "cpu" else ["vmap", "vmap_patches"]
-        elif strategy in STRATEGIES:
-            strategies = [strategy]
-        else:
+        name = self._auto_strategy() if strategy == "auto" else strategy
+        if name not in STRATEGIES:
             raise ValueError(f"unknown engine strategy {strategy!r}; choose auto or one of {', '.join(STRATEGIES)}")
-        devices = self.num_devices
-        useful = max(1, math.ceil(num_attacks / devices))
-        free = _free_bytes_per_device(self.mesh)
-        if attacks_per_device and len(strategies) == 1:
-            plan = Plan(strategies[0], attacks_per_device, devices)
-            needed = self.program(plan, example).bytes_per_device
-            if needed > MEMORY_FRACTION * free:
-                raise ValueError(f"{attacks_per_device} attacks per device need {needed / 2**30:.2f} GiB per device, "
-                                 f"{free / 2**30:.2f} GiB is free: lower engine.attacks_per_device (0: measured)")
-            return plan, []
-        table, best = [], None
-        for name in strategies:
-            sizes = [attacks_per_device] if attacks_per_device else _doublings(useful)
-            best_here = 0.0
-            for apd in sizes:
-                plan = Plan(name, apd, devices)
-                start = time.perf_counter()
-                program = self.program(plan, example)
-                compile_s = time.perf_counter() - start
-                if program.bytes_per_device > MEMORY_FRACTION * free:
-                    log(f"  probe {name} x{plan.attacks_per_device}/device: needs {program.bytes_per_device / 2**30:.2f} GiB "
-                        f"of {free / 2**30:.2f} GiB free, stop")
+        table, width = [], attacks_per_device
+        if not width:
+            rule = CPU_WIDTH if jax.default_backend() == "cpu" else ACCELERATOR_WIDTH
+            width = min(1 if name == "unroll" else rule, max(1, math.ceil(num_attacks / self.num_devices)))
+            limit = MEMORY_FRACTION * _memory_limit_per_device(self.mesh)
+            while True:
+                needed = self.program(Plan(name, width, self.num_devices), example).bytes_per_device
+                table.append({"strategy": name, "attacks_per_device": width, "bytes_per_device": needed})
+                if width == 1 or needed <= limit:
                     break
-                rate = self.measure(program, example, probe_steps)
-                table.append({"strategy": name, "attacks_per_device": plan.attacks_per_device, "compile_s": compile_s,
-                              "attack_steps_per_s": rate, "bytes_per_device": program.bytes_per_device})
-                log(f"  probe {name} x{plan.attacks_per_device}/device: {rate:.1f} attack-steps/s "
-                    f"(compile {compile_s:.1f} s, {program.bytes_per_device / 2**20:.0f} MiB/device)")
-                if best is None or rate > best[1]:
-                    best = (plan, rate)
-                if rate < 1.05 * best_here:
-                    break
-                best_here = max(best_here, rate)
-        if best is None:
-            raise ValueError(f"not even one attack per device fits in {free / 2**30:.2f} GiB of free device memory")
-        return best[0], table
+                width = max(1, min(width - 1, int(width * limit / needed)))
+        plan = Plan(name, width, self.num_devices)
+        needed, free = self.program(plan, example).bytes_per_device, _free_bytes_per_device(self.mesh)
+        if needed > MEMORY_FRACTION * free:
+            raise ValueError(f"{width} attacks per device need {needed / 2**30:.2f} GiB per device, "
+                             f"{free / 2**30:.2f} GiB is free: free memory or lower engine.attacks_per_device")
+        log(f"  plan {name} x{width}/device ({needed / 2**20:.0f} MiB/device by XLA's estimate)")
+        return plan, table
+
+    def _auto_strategy(self) -> str:
+        """Strategy "auto" (choose_plan's rule)."""
+        weighted = self.parameterization is not None and self.parameterization.name in WEIGHTED_PARAMETERIZATIONS
+        return "unroll" if weighted and jax.default_backend() == "cpu" else default_strategy()
 
     def measure(self, program: Program, example: AttackInputs, steps: int, repeats: int = 1) -> float:
         """Attack-steps/s of `program` running `steps` steps on waves cycled from `example`: the
@@ -413,12 +410,23 @@ class Engine:
         return program.plan.wave_size * steps / best
 
 
-def _doublings(limit: int) -> list[int]:
-    """1, 2, 4, ... up to and including `limit` (the last one capped at it)."""
-    sizes = [1]
-    while sizes[-1] < limit:
-        sizes.append(min(2 * sizes[-1], limit))
-    return sizes
+def read_plan(path: str, num_devices: int) -> tuple[Plan, dict]:
+    """The plan saved in `path` (a W/plan.json) for a mesh of `num_devices` devices, and the file's
+    fields (backend, device_kind, ...); ValueError (one line) for a file that is not a plan or a plan
+    for another number of devices."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        plan = Plan(str(saved["strategy"]), int(saved["attacks_per_device"]), int(saved["num_devices"]))
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"engine.plan {path!r} is not a readable plan.json ({type(error).__name__}: {error})") \
+            from error
+    if plan.strategy not in STRATEGIES or plan.attacks_per_device < 1:
+        raise ValueError(f"engine.plan {path!r} holds no valid plan: {plan}")
+    if plan.num_devices != num_devices:
+        raise ValueError(f"engine.plan {path!r} is a plan for {plan.num_devices} device(s); this run has "
+                         f"{num_devices}: replay it on as many devices of the same kind")
+    return plan, saved
 
 
 def wave_finished(state: WaveState, iterations: int) -> bool:
@@ -445,10 +453,24 @@ def _bytes_per_device(compiled) -> int:
                + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes)
 
 
+def _memory_limit_per_device(mesh: Mesh) -> float:
+    """Memory size of this process's first device of the mesh: its allocator's limit, or the host's
+    memory shared by its CPU devices. Fixed for a kind of device, unlike what is free."""
+    stats = _memory_stats(mesh)
+    if stats and "bytes_limit" in stats:
+        return float(stats["bytes_limit"])
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total / max(1, sum(d.platform == "cpu" for d in mesh.devices.flat))
+
+
+def _memory_stats(mesh: Mesh) -> dict | None:
+    device = next((d for d in mesh.devices.flat if d.process_index == jax.process_index()), mesh.devices.flat[0])
+    return device.memory_stats() if hasattr(device, "memory_stats") else None
+
+
 def _free_bytes_per_device(mesh: Mesh) -> float:
     """Free memory of this process's first device of the mesh; host memory shared by CPU devices."""
-    device = next((d for d in mesh.devices.flat if d.process_index == jax.process_index()), mesh.devices.flat[0])
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    stats = _memory_stats(mesh)
     if stats and "bytes_limit" in stats:
         return float(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
     try:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import ml_collections
 
-from gipip_jax import assembly, checkpoints, cli, configs, data, jobs, report, study
+from gipip_jax import assembly, checkpoints, cli, configs, data, jobs, report, schema, study
 
 AE_CONFIG = "experiments/configs/ae_cifar10.py"
 VICTIM_CONFIG = "experiments/configs/victim_cifar10.py"
@@ -27,10 +28,12 @@ STUDY_DIP_CONFIG = "experiments/configs/study_dip_cifar10.py"
 
 
 def configured(spec: str, fields: dict) -> ml_collections.ConfigDict:
-    """The config of file `spec` (PATH[:ARG]) with dotted `fields` set, e.g. {"data.name": "tiny_imagenet"}."""
+    """The config of file `spec` (PATH[:ARG]) with dotted `fields` set, e.g. {"data.name": "tiny_imagenet"},
+    checked against the config schema (schema.validate)."""
     config = configs.load_config(spec)
     for key, value in fields.items():
         configs.set_field(config, key, value)
+    schema.validate(config)
     return config
 
 
@@ -124,8 +127,14 @@ def main(run, doc: str, name: str, argv: list[str]) -> int:
         return 2
     workdir = argv[1] if len(argv) > 1 else f"runs/{name}_{argv[0]}"
     created = cli.first_missing(workdir)   # removed again if the run fails before writing anything
+    from gipip_jax import workdir as hold
+
     try:
-        run(argv[0], workdir)
+        with hold.interruptible():   # Ctrl-C / SIGTERM in any stage: one line, status 130 / 143
+            run(argv[0], workdir)
+    except hold.Interrupted as stop:
+        print(f"gipip-jax: {stop}", file=sys.stderr)
+        return stop.status
     except cli.input_errors() as error:   # bad input: one line, exit status 2, what was computed stays
         if created:
             cli.remove_if_empty(created)

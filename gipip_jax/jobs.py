@@ -1,4 +1,4 @@
-"""Training jobs behind the CLI: train a victim, the AE prior, the GAN prior.
+"""Training jobs behind the CLI: train a victim, the AE prior, the GAN prior, the LTI inverter.
 
 Each job takes an `ml_collections.ConfigDict` (see experiments/configs/) and a work directory,
 prints progress, and writes its outputs there:
@@ -6,6 +6,7 @@ prints progress, and writes its outputs there:
 - train_victim: WORKDIR/victim/ (orbax checkpoint + metadata.json)
 - train_ae:     WORKDIR/ae/     (orbax checkpoint + metadata.json)
 - train_gan:    WORKDIR/gan/    (orbax checkpoint + metadata.json), WORKDIR/gan_samples.png
+- train_inverter: WORKDIR/inverter/ (orbax checkpoint + metadata.json): Learning to Invert's network
 
 Attacks are studies (`study.py`): the `attack` command runs a study's attacks one per device.
 """
@@ -100,4 +101,46 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results.save_grid(os.path.join(workdir, "gan_samples.png"), [samples[:k], samples[16:16 + k], x_aux[:k]])
     print(f"saved {path} and {os.path.join(workdir, 'gan_samples.png')} (two rows of samples, then real "
           f"auxiliary images): {json.dumps(stats)}")
+    return metadata
+
+
+def train_inverter(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains Learning to Invert's network (inverter.py) for config.victim, config.threat and the
+    defense config.defense (flat DEFENSE_DEFAULTS fields) on an auxiliary split of config.data,
+    selected on held-out auxiliary images; saves WORKDIR/inverter. Returns its metadata."""
+    from gipip_jax import defenses, inverter, threat_models
+
+    data.check_auxiliary_request(config.aux.get("fraction"), config.aux.get("count"))
+    threat = threat_models.check_threat_config(dict(config.get("threat") or {}))
+    defense = dict(config.get("defense") or {})
+    defenses.parse(defense)   # bad fields: one error before any data is decoded
+    defense = {**defenses.DEFENSE_DEFAULTS, **defense}
+    pool = assembly.load_dataset(config.data, config.data.split)
+    info, n = pool.info, len(pool.labels)
+    aux, heldout = inverter.auxiliary_split(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
+                                            seed=config.aux.seed, heldout_count=config.heldout_count)
+    victim, variables, victim_meta = assembly.victim_and_variables(config, info)
+    x_aux, y_aux = pool.take(aux)
+    x_heldout, y_heldout = pool.take(heldout)
+    changed = {k: v for k, v in defense.items() if v != defenses.DEFENSE_DEFAULTS[k]}
+    print(f"training the LTI inverter for {victim.name} ({threat['kind']}, client batch {config.client_batch_size}) "
+          f"on {len(aux)} {info.name} {config.data.split} images ({100 * len(aux) / n:.2f} % of {n}), "
+          f"{len(heldout)} held out; defense {changed or 'none'}")
+    pairs_victim = make_victim(victim.name, info.num_classes, info.image_shape, conv="auto")
+    tree, spec, stats = inverter.train(
+        pairs_victim, variables, x_aux, y_aux, x_heldout, y_heldout, normalize=info.normalize,
+        client_batch=config.client_batch_size, defense_fields=defense, threat=threat, hidden=config.hidden,
+        num_bins=config.num_bins, hash_seed=config.hash_seed, epochs=config.epochs, batch_size=config.batch_size,
+        learning_rate=config.learning_rate, decay_at=config.decay_at, eval_every=config.eval_every, seed=config.seed)
+    metadata = {"dataset": info.name, "split": config.data.split, "image_shape": list(info.image_shape),
+                "pool_count": n, "aux": {"fraction": config.aux.get("fraction"), "count": config.aux.get("count"),
+                                         "seed": config.aux.seed},
+                "aux_count": len(aux), "aux_fraction": len(aux) / n, "heldout_count": len(heldout),
+                "victim": {"name": victim.name, **victim_meta}, "victim_identity": assembly.victim_identity(config),
+                "threat": threat, "defense": defense, "client_batch_size": config.client_batch_size,
+                "batch_size": config.batch_size, "learning_rate": config.learning_rate, "decay_at": config.decay_at,
+                "hash_seed": config.hash_seed, "seed": config.seed, **stats, "config": config.to_dict()}
+    path = os.path.join(workdir, "inverter")
+    inverter.save(path, tree, spec, metadata, overwrite=config.get("overwrite", False))
+    print(f"saved {path}: {json.dumps(stats)}")
     return metadata

@@ -3,8 +3,9 @@
 A parameterization maps a pytree of parameters to candidate images in the victim's normalized
 space, so one attack loop (`attack.make_attack`, the batched `engine.Engine`) serves:
 
-- "pixels": the images themselves (GI-PIP, Inverting Gradients): init x ~ N(0, 1), render the
-  identity, box projection onto [normalize(0), normalize(1)] after every step;
+- "pixels": the images themselves (GI-PIP, Inverting Gradients): init x ~ N(0, 1) (or a start
+  computed from the target update: `from_update`, e.g. Learning to Invert's), render the identity,
+  box projection onto [normalize(0), normalize(1)] after every step;
 - "gan":    GIAS's GAN prior: params {"latent": z (B, Z), "generator": a pretrained generator's
   weights}; render = normalize((G(z) + 1) / 2); phase 1 moves z, phase 2 the generator's weights
   (`make_gan_optimizer`);
@@ -35,23 +36,30 @@ class Parameterization(NamedTuple):
     render(params) -> x (B, H, W, C) in the victim's normalized space;
     project(params) -> params after every optimizer step (the box projection for pixels);
     labels(params, given) -> the labels the objective sees: the given ones (int (B,) or soft (B, K)),
-    or learned ones (soft (B, K)) when the params hold them."""
+    or learned ones (soft (B, K)) when the params hold them;
+    from_update(key, shape, update) -> params, when set used instead of init: a start computed from
+    the attack's target update tree (e.g. a Learning-to-Invert network's output)."""
 
     name: str
     init: Callable[[jax.Array, tuple], PyTree]
     render: Callable[[PyTree], jax.Array]
     project: Callable[[PyTree], PyTree]
     labels: Callable[[PyTree, jax.Array], jax.Array] = lambda params, given: given
+    from_update: Callable[[jax.Array, tuple, PyTree], PyTree] | None = None
 
 
-def pixels(bounds: tuple) -> Parameterization:
-    """The images themselves: x ~ N(0, 1), kept in the box bounds = (lo, hi), each (C,)."""
+def pixels(bounds: tuple, start: Callable[[PyTree], jax.Array] | None = None) -> Parameterization:
+    """The images themselves: x ~ N(0, 1), kept in the box bounds = (lo, hi), each (C,).
+    start(update) -> (B, H, W, C) normalized images: the attack starts there instead (in the box)."""
     lo, hi = (jnp.asarray(b, jnp.float32) for b in bounds)
+    project = lambda x: optax.projections.projection_box(x, lo, hi)  # noqa: E731
+    from_update = None if start is None else (lambda key, shape, update: project(start(update).astype(jnp.float32)))
     return Parameterization(
         "pixels",
         lambda key, shape: jax.random.normal(key, shape, jnp.float32),
         lambda x: x,
-        lambda x: optax.projections.projection_box(x, lo, hi))
+        project,
+        from_update=from_update)
 
 
 def gan(generator, variables: dict, latent_dim: int, normalize: Callable[[jax.Array], jax.Array]) -> Parameterization:

@@ -84,13 +84,17 @@ def load(workdir: str) -> tuple[dict, list[dict]]:
         raise ReportError(f"{workdir} has neither results.jsonl (a study) nor experiment.json (an experiment)")
     names = {**SERIES_NAMES, **manifest.get("series_names", {})}
     field = manifest.get("x_field")
-    records = []
+    records, read = [], set()
     for entry in entries:
         if not isinstance(entry.get("where", {}), dict):
             raise ReportError(f"{manifest_path}: a study's \"where\" must map grid fields to values, "
                               f"got {entry['where']!r}")
         path = os.path.join(workdir, entry["dir"], "results.jsonl")
-        found = summarize.best_restarts(results.read_records(path))
+        found = results.read_records(path)
+        if os.path.realpath(path) not in read:   # once per file, though several entries may read it
+            read.add(os.path.realpath(path))
+            results.warn_duplicates(path, found)
+        found = summarize.best_restarts(found)
         if not found:
             print(f"report: no results yet in {path}; skipped")
         found = [r for r in found if _selected(r, entry.get("where"))]

@@ -4,7 +4,9 @@
 (and one fsync) per record or per batch of records (`append_records`: a study wave's), and is read
 back to skip finished work. A kill during a write can leave a torn last line (no newline):
 `read_records` ignores it, and the next append cuts it off first (that attack never finished, so a
-resumed run redoes it), so every record starts on its own line.
+resumed run redoes it), so every record starts on its own line. A write that fails (a full disk)
+cuts off what it wrote before raising. `warn_duplicates` says, once per file, when a file holds an
+attack twice (two runs that wrote one work directory before it had a lock); readers keep one.
 `save_grid` writes rows of (B, H, W, C) [0, 1] images as one PNG (e.g. ground truth above
 reconstructions).
 """
@@ -41,9 +43,14 @@ def append_records(path: str, records: Iterable[dict]) -> None:
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         _repair_torn_tail(fd, path)
-        while line:
-            line = line[os.write(fd, line):]
-        os.fsync(fd)
+        start = os.fstat(fd).st_size
+        try:
+            while line:
+                line = line[os.write(fd, line):]
+            os.fsync(fd)
+        except OSError:   # e.g. ENOSPC part-way: no part of these records stays
+            os.ftruncate(fd, start)
+            raise
     finally:
         os.close(fd)
 
@@ -96,6 +103,15 @@ def read_records(path: str) -> list[dict]:
                 raise ResultsError(f"{path}:{number} is not a JSON object; the results file is corrupt "
                                    f"(delete or fix that line)")
     return records
+
+
+def warn_duplicates(path: str, records: list[dict]) -> None:
+    """One line on stderr if `records` (read from `path`) hold an attack (fingerprint, attack_id) more than once."""
+    keys = [(r.get("fingerprint"), r["attack_id"]) for r in records if "attack_id" in r]
+    doubled = len(keys) - len(set(keys))
+    if doubled:
+        print(f"warning: {path} holds {doubled} duplicate record(s) of the same attack (same attack_id and "
+              "config); one record per attack is kept", file=sys.stderr)
 
 
 def save_grid(path: str, rows: Iterable[np.ndarray], *, scale: int = 2, gap: int = 2) -> None:

@@ -1,15 +1,15 @@
 """Study runner, the one runner of attacks: a config's grid of attacks, run in waves by the
 batched engine, resumable.
 
-    gipip-jax study  --config experiments/configs/study_cifar10.py:smoke --workdir W  (measured waves)
+    gipip-jax study  --config experiments/configs/study_cifar10.py:smoke --workdir W  (waves by the plan rule)
     gipip-jax attack --config experiments/configs/gipip_cifar10.py:smoke --workdir W  (`sequential`:
-                     one attack per device, no probing; same records)
+                     one attack per device; same records)
 
 A study is targets x settings x restarts. `config.grid` lists per-attack settings: the objective
 terms' fields (objectives.TERMS: tv_weight, as_weight, as_offset — None: the AE checkpoint's c —
 bn_weight and feature_weight), which are traced values of the one compiled program, and defense settings (`defenses.DEFENSE_DEFAULTS`
 fields, e.g. noise_std, prune_sparsity, clip_norm, dp_clip_norm), which change only the client's
-shared update. Every combination is attacked on every target batch, `attack.restarts` times from
+shared update, and `adaptive` (adaptive.py: the attacker knows the defense; traced like the terms). Every combination is attacked on every target batch, `attack.restarts` times from
 different keys. The threat model (`config.threat`: FedSGD or FedAvg local steps, clients in the
 secure aggregate) is one per study, since the attacker's simulation of it is part of the program;
 labels are given or recovered from each shared update (`attack.labels`, see labels.py). What the
@@ -18,8 +18,10 @@ latent, then generator weights of `gan.checkpoint`) or "dip" (an untrained U-Net
 see parameterizations.py.
 
 Work directory:
-  W/plan.json              the engine plan (strategy, attacks per device, probe table); reused on
+  W/plan.json              the engine plan (strategy, attacks per device, how it was chosen); reused on
                            resume so a resumed study computes exactly what the first run would have
+                           (engine.plan=PATH replays another run's)
+  W/.lock                  held (flock) by the running process 0: one writer per work directory
   W/results.jsonl          one record per attack, appended when its wave finishes
   W/state/wave_NNNNN/      orbax checkpoint of the running wave, every engine.checkpoint_every steps
   W/reconstructions/wave_NNNNN.npz   attack ids and their [0, 1] reconstructions
@@ -68,9 +70,10 @@ GRID_DEFAULTS = {**TERM_DEFAULTS, **defenses.DEFENSE_DEFAULTS, **adaptive.ATTACK
 LATER_FIELDS = tuple(adaptive.ATTACKER_DEFAULTS)
 LABEL_SOURCES = ("given", "dlg", *label_lib.STRATEGIES)   # "dlg": learned jointly with the image (attack.optimizer lbfgs)
 THREAT_DEFAULTS = threat_models.THREAT_DEFAULTS
-# engine.strategy "auto" and attacks_per_device 0: measured by Engine.choose_plan; distributed: see distributed.py
+# engine.strategy "auto" and attacks_per_device 0: Engine.choose_plan's rule; plan: a plan.json to replay
+# (it overrides strategy and attacks_per_device; "": none); distributed: see distributed.py
 ENGINE_DEFAULTS = {"strategy": "auto", "attacks_per_device": 0, "chunk_size": 50, "checkpoint_every": 200,
-                   "distributed": False, "coordinator": "", "num_processes": 0, "process_id": -1}
+                   "plan": "", "distributed": False, "coordinator": "", "num_processes": 0, "process_id": -1}
 
 
 def default_grid(**values) -> dict:
@@ -82,7 +85,7 @@ def default_grid(**values) -> dict:
 
 
 def sequential(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The config run one attack per device, no plan probing (the `attack` command), with the
+    """The config run one attack per device (the `attack` command), with the
     backend's fast convolutions for one attack (`engine.default_strategy`)."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.engine.strategy = engine.default_strategy()
@@ -138,7 +141,10 @@ def attack_name(config: ml_collections.ConfigDict, setting: dict) -> str:
         return f"{config.name}:{'dlg' if config.attack.get('labels') == 'dlg' else 'idlg'}"
     if kind != "pixels":
         return f"{config.name}:{kind}{'+as' if setting['as_weight'] > 0 else ''}"
-    return f"{config.name}:{'gipip' if setting['as_weight'] > 0 else 'ig'}"
+    arm = 'gipip' if setting['as_weight'] > 0 else 'ig'
+    if config.attack.get("init", "random") == "inverter":   # Learning to Invert alone, or as the start of the attack
+        return f"{config.name}:lti" if config.attack.iterations == 0 else f"{config.name}:lti+{arm}"
+    return f"{config.name}:{arm}"
 
 
 def setting_label(setting: dict) -> str:
@@ -148,11 +154,14 @@ def setting_label(setting: dict) -> str:
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> str:
-    """The study's config fingerprint, LATER_FIELDS left out of the grid while they hold only their default."""
+    """The study's config fingerprint, LATER_FIELDS left out of the grid while they hold only their default,
+    and engine.plan (also added later) while it is "" (published studies keep their fingerprints)."""
     config = ml_collections.ConfigDict(config.to_dict())
     for field in LATER_FIELDS:
         if list(config.grid.get(field) or [GRID_DEFAULTS[field]]) == [GRID_DEFAULTS[field]] and field in config.grid:
             del config.grid[field]
+    if "plan" in config.engine and not config.engine.plan:
+        del config.engine["plan"]
     return assembly.config_fingerprint(config)
 
 
@@ -188,6 +197,7 @@ class Study:
             raise ValueError(f"unknown attack.labels {self.label_source!r}; choose one of {LABEL_SOURCES}")
         optimization = assembly.optimization(config, info)
         self.gan_meta = optimization.gan_meta
+        self.inverter_meta = optimization.inverter_meta   # the LTI network the attacks start from, or None
         defaults = self.term_values(GRID_DEFAULTS)
 
         def build(conv):
@@ -252,24 +262,36 @@ class Study:
         return values
 
     def plan(self) -> engine.Plan:
-        """The saved plan of this study, or a measured new one (saved to W/plan.json)."""
-        path = os.path.join(self.workdir, "plan.json")
-        if os.path.exists(path):
-            saved = json.load(open(path))
-            if saved["fingerprint"] == self.fingerprint and saved["num_devices"] == self.engine.num_devices:
-                return engine.Plan(saved["strategy"], saved["attacks_per_device"], saved["num_devices"])
-        e = self.config.engine
-        if jax.process_count() > 1 and (e.strategy == "auto" or not e.attacks_per_device):
-            raise ValueError("a multi-process study needs engine.strategy and engine.attacks_per_device set: "
-                             "measuring a plan per process could give the processes different programs")
-        self.log(f"choosing a plan for {len(self.attacks)} attacks on {self.engine.num_devices} "
-                 f"{jax.default_backend()} device(s)")
-        example = self.inputs(range(min(len(self.attacks), 2)))
-        plan, table = self.engine.choose_plan(example, len(self.attacks), strategy=e.strategy,
-                                              attacks_per_device=e.attacks_per_device, log=self.log)
-        if jax.process_index() == 0:
-            _write_json(path, {**plan._asdict(), "fingerprint": self.fingerprint, "probe": table,
-                               "backend": jax.default_backend()})
+        """The study's plan, made once: replayed from engine.plan (another run's plan.json), else this
+        work directory's W/plan.json (a resumed run), else by Engine.choose_plan's rule; printed and
+        saved to W/plan.json (with the backend and device kind it ran on)."""
+        if hasattr(self, "_plan"):
+            return self._plan
+        path, e, devices = os.path.join(self.workdir, "plan.json"), self.config.engine, self.engine.num_devices
+        kind, table = jax.devices()[0].device_kind, []
+        saved = json.load(open(path)) if os.path.exists(path) else {}
+        if e.get("plan"):
+            source = assembly.resolve_path(e.plan)
+            plan, replayed = engine.read_plan(source, devices)
+            if replayed.get("device_kind", kind) != kind:
+                self.log(f"engine.plan was made on {replayed['device_kind']} devices, these are {kind}: "
+                         "the same plan, but the numbers will not be bit-identical")
+        elif saved.get("fingerprint") == self.fingerprint and saved.get("num_devices") == devices:
+            plan, source = engine.Plan(saved["strategy"], saved["attacks_per_device"], devices), path
+        else:
+            if jax.process_count() > 1 and (e.strategy == "auto" or not e.attacks_per_device):
+                raise ValueError("a multi-process study needs engine.strategy and engine.attacks_per_device set "
+                                 "(or engine.plan): every process must compile the same program")
+            self.log(f"choosing a plan for {len(self.attacks)} attacks on {devices} {jax.default_backend()} device(s)")
+            example = self.inputs(range(min(len(self.attacks), 2)))
+            plan, table = self.engine.choose_plan(example, len(self.attacks), strategy=e.strategy,
+                                                  attacks_per_device=e.attacks_per_device, log=self.log)
+            source = "the config" if e.strategy != "auto" and e.attacks_per_device else "the rule of engine.choose_plan"
+        self.log(f"plan: {plan.strategy} x{plan.attacks_per_device}/device on {devices} device(s), from {source}")
+        if jax.process_index() == 0 and source != path:
+            _write_json(path, {**plan._asdict(), "fingerprint": self.fingerprint, "source": source,
+                               "candidates": table, "backend": jax.default_backend(), "device_kind": kind})
+        self._plan = plan
         return plan
 
 
@@ -281,7 +303,15 @@ def _write_json(path: str, value: dict) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-    """Runs (or resumes) the study; returns the records this run wrote."""
+    """Runs (or resumes) the study; returns the records this run wrote.
+
+    Process 0 holds W's lock for the whole run (workdir.held: a second run on W stops at once with
+    one line; the other processes of a multi-process study hold nothing). SIGINT / SIGTERM end the
+    run with workdir.Interrupted saying where, a full disk with workdir.DiskFull; either way
+    results.jsonl keeps whole records and the last wave checkpoint stays, so the same command resumes.
+    """
+    from gipip_jax import workdir as work
+
     e = config.engine
     if e.get("distributed"):
         # CPU collectives, timeouts, one-line errors; cluster auto-detection (SLURM, Open MPI, TPU
@@ -291,36 +321,57 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         print(distributed.describe(), flush=True)
         config = distributed.without_launch_fields(config)   # one fingerprint for all processes and relaunches
     os.makedirs(workdir, exist_ok=True)
-    study = Study(config, workdir)
     writer = jax.process_index() == 0
     results_path = os.path.join(workdir, "results.jsonl")
-    done = {r["attack_id"] for r in results.read_records(results_path) if r.get("fingerprint") == study.fingerprint}
-    total = len(study.attacks)
-    records = []
-    if len(done) < total:   # a finished study compiles nothing
-        plan = study.plan()
-        program = study.engine.program(plan, study.inputs([0]))
-        size = plan.wave_size
-        waves = [list(range(start, min(start + size, total))) for start in range(0, total, size)]
-        print(f"{total} attacks ({len(done)} already done) in {len(waves)} wave(s) of {size}: "
-              f"{plan.strategy}, {plan.attacks_per_device} per device x {plan.num_devices} device(s)")
-        for number, ids in enumerate(waves):
-            if all(i in done for i in ids):
-                continue
-            padded = ids + [ids[-1]] * (size - len(ids))   # padding slots repeat the last attack; never recorded
-            records += _run_wave(study, program, number, len(waves), ids, padded, done, results_path, writer)
-            done.update(ids)
-    if jax.process_count() > 1:   # the others read results.jsonl once process 0 has written it
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("gipip_jax.study.run: results written")
-    finished = [r for r in results.read_records(results_path) if r.get("fingerprint") == study.fingerprint]
-    if writer:
-        _save_grid(study, finished, workdir)
-    if finished:
-        print(summarize.table(finished))
-    failed = sum(r.get("status") != "ok" for r in finished)
-    print(f"{len({r['attack_id'] for r in finished})}/{total} attacks done, {failed} failed; results in {results_path}")
-    return records
+    study = program = None
+    where = {"wave": 0, "step": 0}   # the running wave (from 1) and its step, for an interrupt's line
+
+    def recorded() -> set:
+        return {r["attack_id"] for r in results.read_records(results_path) if r.get("fingerprint") == fingerprint(config)}
+
+    try:
+        with work.held(workdir, hold=writer), work.quiet_libraries(), work.interruptible():
+            study = Study(config, workdir)
+            done = recorded()
+            total = len(study.attacks)
+            records = []
+            if len(done) < total:   # a finished study compiles nothing
+                plan = study.plan()
+                program = study.engine.program(plan, study.inputs([0]))
+                size = plan.wave_size
+                waves = [list(range(start, min(start + size, total))) for start in range(0, total, size)]
+                print(f"{total} attacks ({len(done)} already done) in {len(waves)} wave(s) of {size}: "
+                      f"{plan.strategy}, {plan.attacks_per_device} per device x {plan.num_devices} device(s)")
+                for number, ids in enumerate(waves):
+                    if all(i in done for i in ids):
+                        continue
+                    padded = ids + [ids[-1]] * (size - len(ids))   # padding slots repeat the last attack; never recorded
+                    records += _run_wave(study, program, number, len(waves), ids, padded, done, results_path,
+                                         writer, where)
+                    done.update(ids)
+            if jax.process_count() > 1:   # the others read results.jsonl once process 0 has written it
+                from jax.experimental import multihost_utils
+                multihost_utils.sync_global_devices("gipip_jax.study.run: results written")
+            finished = [r for r in results.read_records(results_path) if r.get("fingerprint") == study.fingerprint]
+            if writer:
+                _save_grid(study, finished, workdir)
+            if finished:
+                print(summarize.table(finished))
+            failed = sum(r.get("status") != "ok" for r in finished)
+            print(f"{len({r['attack_id'] for r in finished})}/{total} attacks done, {failed} failed; "
+                  f"results in {results_path}")
+            return records
+    except work.Interrupted as stop:
+        at = f"wave {where['wave']}, step {where['step']}" if where["wave"] else "the start, before the first wave"
+        stop.at = f"{at}; {len(recorded())}/{len(study.attacks) if study else '?'} attacks recorded"
+        raise
+    except Exception as error:
+        if not work.is_disk_full(error):
+            raise
+        needed = None if program is None else work.space_needed(
+            program.state_shape, len(study.attacks) - len(recorded()), plan.wave_size,
+            study.engine.shape, results_path)
+        raise work.DiskFull(workdir, needed) from error
 
 
 def trace_steps(iterations: int, chunk_size: int, points: int = TRACE_POINTS) -> list[int]:
@@ -379,7 +430,11 @@ class Trace:
                 self.rows = [row for row in json.load(f)["rows"] if row["step"] <= limit]
 
 
-def _run_wave(study, program, number, count, ids, padded, done, results_path, writer) -> list[dict]:
+def _run_wave(study, program, number, count, ids, padded, done, results_path, writer, where) -> list[dict]:
+    """Runs (or resumes) wave `number`; `where` gets the wave and its step as it goes. A signal waits
+    while a checkpoint or the wave's records are written (workdir.uninterrupted)."""
+    from gipip_jax.workdir import uninterrupted
+
     config, iterations = study.config, study.config.attack.iterations
     path = os.path.abspath(os.path.join(study.workdir, "state", f"wave_{number:05d}"))
     manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=1))
@@ -399,6 +454,7 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
             state, chunks = None, 0
             trace = Trace(study, program, padded, iterations)
     start, resumed, last_log = time.perf_counter(), chunks, [0.0]
+    where.update(wave=number + 1, step=chunks * config.engine.chunk_size)
     per_save = max(1, config.engine.checkpoint_every // config.engine.chunk_size)
     inputs = study.inputs(padded)
     device_inputs = study.engine.put(inputs)
@@ -409,12 +465,14 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
         chunks += 1
         steps = engine.to_host(s.attack.step)   # waits for the chunk
         compute[0] += time.perf_counter() - compute[1]
+        where["step"] = int(steps.min())
         trace.maybe_take(s, device_inputs, chunks * config.engine.chunk_size)
         if chunks % per_save == 0 and not engine.wave_finished(s, iterations):
-            if writer:   # before the checkpoint: a kill between the two must not leave a checkpoint without its trace
-                trace.save(path)
-            manager.save(chunks, args=ocp.args.StandardSave(s))
-            manager.wait_until_finished()
+            with uninterrupted():
+                if writer:   # before the checkpoint: a kill between the two must not leave a checkpoint without its trace
+                    trace.save(path)
+                manager.save(chunks, args=ocp.args.StandardSave(s))
+                manager.wait_until_finished()
         now = time.perf_counter()
         if now - last_log[0] >= 10 or steps.min() >= iterations:
             rate = len(padded) * (chunks - resumed) * config.engine.chunk_size / (now - start)
@@ -430,24 +488,26 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
     manager.wait_until_finished()
     seconds = time.perf_counter() - start
     records = []
-    if writer:
-        os.makedirs(os.path.join(study.workdir, "reconstructions"), exist_ok=True)
-        real = len(ids)
-        np.savez_compressed(os.path.join(study.workdir, "reconstructions", f"wave_{number:05d}.npz"),
-                            ids=np.asarray(ids), images01=result.images01[:real])
-        todo = [slot for slot, attack_id in enumerate(ids) if attack_id not in done]
-        ok = ~np.asarray(result.failed, bool) & np.isfinite(result.loss)
-        needed = np.zeros(len(padded), bool)
-        needed[todo] = ok[todo]
-        # the whole (padded) wave through each metric at once: one fixed shape per study, so LPIPS & co. compile once
-        scores = metrics.evaluate_batch(result.images01, trace.truth, lpips_net=config.metrics.lpips_net, needed=needed)
-        for slot in todo:
-            records.append(_record(study, ids[slot], slot, result, seconds, number, len(padded), trace.of_slot(slot),
-                                   scores=scores[slot], compute_seconds=compute[0]))
-        results.append_records(results_path, records)   # one write and one fsync per wave
-    manager.close()
-    if writer:
-        shutil.rmtree(path, ignore_errors=True)
+    with uninterrupted():   # a signal waits for the wave's records and its checkpoint's removal
+        if writer:
+            os.makedirs(os.path.join(study.workdir, "reconstructions"), exist_ok=True)
+            real = len(ids)
+            np.savez_compressed(os.path.join(study.workdir, "reconstructions", f"wave_{number:05d}.npz"),
+                                ids=np.asarray(ids), images01=result.images01[:real])
+            todo = [slot for slot, attack_id in enumerate(ids) if attack_id not in done]
+            ok = ~np.asarray(result.failed, bool) & np.isfinite(result.loss)
+            needed = np.zeros(len(padded), bool)
+            needed[todo] = ok[todo]
+            # the whole (padded) wave through each metric at once: one fixed shape per study, so LPIPS & co. compile once
+            scores = metrics.evaluate_batch(result.images01, trace.truth, lpips_net=config.metrics.lpips_net,
+                                            needed=needed)
+            for slot in todo:
+                records.append(_record(study, ids[slot], slot, result, seconds, number, len(padded),
+                                       trace.of_slot(slot), scores=scores[slot], compute_seconds=compute[0]))
+            results.append_records(results_path, records)   # one write and one fsync per wave
+        manager.close()
+        if writer:
+            shutil.rmtree(path, ignore_errors=True)
     return records
 
 
@@ -474,7 +534,9 @@ def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace
               "prior": {k: study.prior_meta.get(k) for k in ("dataset", "aux_count", "aux_fraction", "epochs", "recipe")}
               if study.prior_meta and a["setting"]["as_weight"] > 0 else None,
               "parameterization": config.attack.get("parameterization", "pixels"), "gan_prior": study.gan_meta,
-              "trace": trace, "fingerprint": study.fingerprint, "config": config.to_dict()}
+              "inverter": study.inverter_meta,
+              "trace": trace, "fingerprint": study.fingerprint, "plan": study.plan()._asdict(),
+              "config": config.to_dict()}
     if result.failed[slot] or not np.isfinite(result.loss[slot]):
         record.update(status="failed", error=f"objective NaN/Inf after {int(result.tries[slot])} restart(s)")
         return record

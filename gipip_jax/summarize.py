@@ -27,7 +27,7 @@ from collections import defaultdict
 import numpy as np
 
 from gipip_jax.paired import adjust_family, failure_rate, format_delta, format_tested, paired_stats, verdict
-from gipip_jax.results import read_records
+from gipip_jax.results import read_records, warn_duplicates
 
 METRICS = ("psnr", "ssim", "ssim_padded", "ssim_best_match", "lpips", "label_accuracy", "seconds")
 HEADERS = {"ssim": "ssim (dm-pix)", "ssim_padded": "ssim_padded (authors')"}
@@ -213,6 +213,7 @@ def main(paths: list[str]) -> int:
         if not found:
             print(f"gipip-jax: error: {path} holds no records", file=sys.stderr)
             return 2
+        warn_duplicates(path, found)
         records += found
     print(table(records))
     return 0

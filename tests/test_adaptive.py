@@ -139,6 +139,7 @@ def _overrides(fixtures_dir, cache, grid):
             "--set=metrics.lpips_net=None"]
 
 
+@pytest.mark.slow
 def test_a_study_holds_the_adaptive_arm_beside_the_ignorant_one(fixtures_dir, tmp_path):
     grid = ["--set=grid.prune_sparsity=[0.9]", "--set=grid.adaptive=[False, True]"]
     workdir = tmp_path / "w"

@@ -3,6 +3,7 @@ native elsewhere; same numbers as the native "unroll" loop."""
 
 import jax
 import numpy as np
+import pytest
 
 from gipip_jax import assembly, configs, engine, study
 
@@ -15,6 +16,7 @@ def test_attack_command_runs_one_attack_per_device_with_the_backends_fast_convs(
     assert engine.CONV_OF_STRATEGY[config.engine.strategy] == ("patch_grad" if jax.default_backend() == "cpu" else "native")
 
 
+@pytest.mark.slow
 def test_same_reconstruction_with_either_conv(fixtures_dir, tmp_path):
     found = {}
     for strategy in ("unroll", "vmap_patches"):   # native / patch-grad convolutions, one attack per device

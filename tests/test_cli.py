@@ -38,6 +38,7 @@ def attack_overrides(folder, ae):
             f"--set=prior.checkpoint={ae}", "--set=metrics.lpips_net=None"]
 
 
+@pytest.mark.slow
 def test_attack_end_to_end_and_rerun_skips_finished_targets(folder, trained_ae, tmp_path, capsys):
     assert run("attack", "gipip_cifar10.py:smoke", tmp_path, *attack_overrides(folder, trained_ae)) == 0
     records = [json.loads(line) for line in open(tmp_path / "results.jsonl")]

@@ -11,6 +11,7 @@ from gipip_jax.objectives import gradient_cosine_distance
 from gipip_jax.victims import make_victim
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, shape", [("resnet_tiny", (8, 8, 3)), ("lenet", (8, 8, 3))])
 def test_patch_grad_victim_matches_native_to_second_order(name, shape):
     native = make_victim(name, 4, shape, conv="native")

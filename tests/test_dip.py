@@ -99,6 +99,7 @@ def test_dip_attack_moves_the_weights_not_the_noise_and_lowers_the_objective():
     assert x01.shape == (1, 8, 8, 3) and float(x01.min()) >= 0 and float(x01.max()) <= 1
 
 
+@pytest.mark.slow
 def test_dip_study_end_to_end(fixtures_dir, tmp_path):
     cache = tmp_path / "cache"
     args = ["study", "--config", str(CONFIGS / "study_dip_cifar10.py:smoke"), "--workdir", str(tmp_path / "w"),

@@ -75,6 +75,7 @@ def run_all(eng, plan, inputs):
     return np.concatenate(images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy, per_device", [("unroll", 4), ("vmap", 2), ("vmap_patches", 4), ("vmap_patches", 1)])
 def test_batched_attacks_equal_the_same_attacks_run_alone(study, alone_images, strategy, per_device):
     build, inputs = study

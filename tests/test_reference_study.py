@@ -6,12 +6,15 @@ import json
 import pathlib
 
 import numpy as np
+import pytest
 
 from gipip_jax import assembly, configs, study
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 # what legitimately differs between two runs: where and when they ran
 VOLATILE = {"config", "fingerprint", "seconds", "wave_seconds", "wave_compute_seconds"}
+# record fields added since the fixture was made, and their values in a study like the fixture's
+ADDED = {"attacker_knows": [], "inverter": None}
 
 
 def assert_same(new, old, path="record"):
@@ -31,6 +34,7 @@ def assert_same(new, old, path="record"):
         assert new == old, f"{path}: {new!r} != {old!r}"
 
 
+@pytest.mark.slow
 def test_reference_study_records_are_reproduced(tmp_path):
     config = configs.load_config(assembly.resolve_path("experiments/configs/study_cifar10.py:smoke"))
     for line in (FIXTURES / "reference_study" / "overrides.txt").read_text().splitlines():
@@ -42,5 +46,7 @@ def test_reference_study_records_are_reproduced(tmp_path):
     old = [json.loads(line) for line in (FIXTURES / "reference_study" / "results.jsonl").read_text().splitlines()]
     assert sorted(new) == sorted(r["attack_id"] for r in old) == list(range(8))
     for record in old:
-        assert_same({k: v for k, v in new[record["attack_id"]].items() if k not in VOLATILE},
+        assert {k: new[record["attack_id"]][k] for k in ADDED} == ADDED
+        assert new[record["attack_id"]]["plan"]["strategy"] == "vmap_patches"   # the fixture's plan, recorded
+        assert_same({k: v for k, v in new[record["attack_id"]].items() if k not in {*VOLATILE, *ADDED, "plan"}},
                     {k: v for k, v in record.items() if k not in VOLATILE}, f"attack {record['attack_id']}")

@@ -70,6 +70,7 @@ def test_finished_study_compiles_nothing_and_reports_its_arms(uninterrupted, cap
     assert "4/4 attacks done, 0 failed" in out and "| study:ig |" in out
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_to_the_same_numbers(uninterrupted, tmp_path):
     reference, args = uninterrupted
     code = f"import sys; from gipip_jax import cli; sys.exit(cli.main({study(tmp_path, args)!r}))"

@@ -3,12 +3,13 @@
 8 targets (bs 1, unique labels) x λ_AS in {0 (IG), 1e-6, 1e-4} x 1 restart = 24 attacks; untrained
 ConvNet (seed 0), cosine + TV 1e-6 (+ AS with c from the AE checkpoint), Adam 0.1 unsigned, step
 schedule, 1,000 iterations: the issue-2 comparison, as one study. The engine picks its strategy and
-wave size by measurement (engine.strategy="auto", engine.attacks_per_device=0) and saves the plan
-in W/plan.json; results stream to W/results.jsonl; killing and rerunning the command resumes.
+wave size by a fixed rule (engine.strategy="auto", engine.attacks_per_device=0; engine.choose_plan)
+and saves the plan in W/plan.json (engine.plan=W/plan.json replays it in another run); results
+stream to W/results.jsonl; killing and rerunning the command resumes.
 
 Commands, from the repository root:
   gipip-jax study --config experiments/configs/study_cifar10.py:smoke --workdir runs/study_smoke
-      2 targets x {IG, GI-PIP} x 50 iterations, ConvNet, vmap_patches x2 (no probing): 26 s on the
+      2 targets x {IG, GI-PIP} x 50 iterations, ConvNet, vmap_patches x2 (given): 26 s on the
       2-core CPU (measured)
   gipip-jax study --config experiments/configs/study_cifar10.py --workdir runs/study_cifar10
       24 attacks x 1,000 iterations: ~11 min on the 2-core CPU at the measured 38 attack-steps/s
@@ -43,9 +44,10 @@ def get_config(arg=None):
     # attacker knows that defense (adaptive; gipip_jax/adaptive.py).
     c.grid = dict(tv_weight=[1e-6], as_weight=[0.0, 1e-6, 1e-4], as_offset=[None], bn_weight=[0.0],
                   **{field: [value] for field, value in DEFENSE_DEFAULTS.items()}, adaptive=[False])
-    # strategy: auto | unroll | vmap | vmap_patches; attacks_per_device 0: measured. Multi-host:
-    # distributed=True, and coordinator/num_processes/process_id unless the cluster is auto-detected.
-    c.engine = dict(strategy="auto", attacks_per_device=0, chunk_size=50, checkpoint_every=200,
+    # strategy: auto | unroll | vmap | vmap_patches; attacks_per_device 0: by engine.choose_plan's rule;
+    # plan: another run's plan.json to replay ("": none). Multi-host: distributed=True, and
+    # coordinator/num_processes/process_id unless the cluster is auto-detected.
+    c.engine = dict(strategy="auto", attacks_per_device=0, chunk_size=50, checkpoint_every=200, plan="",
                     distributed=False, coordinator="", num_processes=0, process_id=-1)
     c.metrics = dict(lpips_net="alexnet")
     if arg == "smoke":
@@ -54,7 +56,7 @@ def get_config(arg=None):
         c.attack.iterations = 50
         c.engine.chunk_size = 10
         c.engine.checkpoint_every = 20
-        c.engine.strategy, c.engine.attacks_per_device = "vmap_patches", 2  # the CPU probe's pick; no probing
+        c.engine.strategy, c.engine.attacks_per_device = "vmap_patches", 2  # given: no plan rule
     elif arg:
         raise ValueError(f"unknown config argument {arg!r}; use ':smoke' or nothing")
     return c
