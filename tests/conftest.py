@@ -32,3 +32,10 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def folder(fixtures_dir, tmp_path_factory):
+    """CLI overrides for the tiny real-image fixture, with a data cache of the test module's own."""
+    cache = tmp_path_factory.mktemp("cache")
+    return [f"--set=data.name=folder:{fixtures_dir / 'tiny_folder'}", f"--set=data.cache_dir={cache}"]

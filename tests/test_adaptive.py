@@ -68,6 +68,7 @@ DETERMINISTIC = [({"prune_sparsity": 0.9}, 1), ({"prune_sparsity": 0.9, "prune_s
                  ({"dp_clip_norm": 1e-3, "dp_noise_multiplier": 0.0}, 2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting, batch", DETERMINISTIC)
 def test_adaptive_matching_is_zero_at_the_truth_where_the_ignorant_one_is_not(tiny, setting, batch):
     x, _, _, matching = case(tiny, setting, batch)

@@ -12,12 +12,6 @@ from gipip_jax import checkpoints, cli, results
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
 
 
-@pytest.fixture(scope="module")
-def folder(fixtures_dir, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return [f"--set=data.name=folder:{fixtures_dir / 'tiny_folder'}", f"--set=data.cache_dir={cache}"]
-
-
 def run(command, config, workdir, *overrides):
     return cli.main([command, "--config", os.path.join(CONFIGS, config), "--workdir", str(workdir), *overrides])
 

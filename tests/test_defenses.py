@@ -230,6 +230,7 @@ def batch():
     return victim, variables, x, jnp.array([0, 4, 2, 1])
 
 
+@pytest.mark.slow
 def test_dp_sgd_clipping_equals_the_per_example_loop(batch):
     victim, variables, x, labels = batch
     per_example = client.per_example_gradients(victim, variables, x, labels)
@@ -249,6 +250,7 @@ def test_dp_sgd_clipping_equals_the_per_example_loop(batch):
     assert stats.kstest(residual, stats.norm.cdf).pvalue > 1e-3
 
 
+@pytest.mark.slow
 def test_soteria_prunes_the_features_its_released_code_would(batch):
     victim, variables, x, labels = batch
     path, mask = defenses.soteria_mask(victim, variables, x, 0.5)

@@ -75,6 +75,7 @@ def test_idlg_mode_optimizes_the_image_only(setup):
     assert right.loss[0] < off.loss[0]  # with the wrong label the gradient cannot be matched
 
 
+@pytest.mark.slow
 def test_attack_command_with_lbfgs_and_recovered_labels(fixtures_dir, tmp_path):
     config = runpy.run_path(str(CONFIGS / "dlg_cifar10.py"))["get_config"]("smoke")
     config.data.name = f"folder:{fixtures_dir / 'tiny_folder'}"

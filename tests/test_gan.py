@@ -87,12 +87,6 @@ def test_training_save_and_load_round_trip(tmp_path):
 # -- CLI end to end on the tiny real-image fixture ------------------------------------------------
 
 @pytest.fixture(scope="module")
-def folder(fixtures_dir, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return [f"--set=data.name=folder:{fixtures_dir / 'tiny_folder'}", f"--set=data.cache_dir={cache}"]
-
-
-@pytest.fixture(scope="module")
 def trained_gan(folder, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("gan")
     assert cli.main(["train-gan", "--config", str(CONFIGS / "gan_cifar10.py:smoke"), "--workdir", str(workdir), *folder,

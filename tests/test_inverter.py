@@ -132,12 +132,6 @@ def test_checkpoint_round_trip(trained, patches, tmp_path):
 # -- the CLI and the runner on the tiny real-image fixture -----------------------------------------
 
 @pytest.fixture(scope="module")
-def folder(fixtures_dir, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cli_cache")
-    return [f"--set=data.name=folder:{fixtures_dir / 'tiny_folder'}", f"--set=data.cache_dir={cache}"]
-
-
-@pytest.fixture(scope="module")
 def cli_inverter(folder, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("inverter")
     assert cli.main(["train-inverter", "--config", str(CONFIGS / "inverter_cifar10.py:smoke"), "--workdir", str(workdir),

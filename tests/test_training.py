@@ -67,6 +67,7 @@ def trained_convnet():
     return victim, images, labels, variables, metrics, lines
 
 
+@pytest.mark.slow
 def test_training_reduces_the_loss(trained_convnet):
     victim, images, labels, variables, metrics, lines = trained_convnet
     initial = victim.init(jax.random.key(3))
