@@ -258,7 +258,7 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
         for suite, chosen in (("ignorant", ignorant), ("oracle_free", picks["oracle_free"]), ("oracle", picks["oracle"])):
             picks_used[suite].update(chosen)
         for r in records:
-            cells.setdefault(strongest.defense_key(r), os.path.basename(name))
+            cells.setdefault(strongest.defense_key(r["setting"]), os.path.basename(name))
     suites = {suite: strongest.leakage(chosen) for suite, chosen in picks_used.items()}
     rows = ["| study | defense | utility drop (points, mean over seeds) | ignorant IG: PSNR [95 % CI] | "
             "strongest, oracle-free: PSNR [95 % CI] | recognisable (≥ 20 dB) | defense-aware picked | "
@@ -312,7 +312,7 @@ def verdicts(v: dict, points: dict, by_setting) -> list[str]:
     for budget in BUDGETS:
         chosen = affordable(v, budget, by_setting)
         for suite in ("oracle_free", "ignorant"):
-            leak = {family: points[(suite, json.dumps(defenses.parse(s).fields, sort_keys=True))][1]
+            leak = {family: points[(suite, strongest.defense_key(s))][1]
                     for family, s in chosen.items()}
             if len(leak) < 2:
                 lines.append(f"- {budget:g} point(s), {suite}: fewer than 2 families affordable ({sorted(leak)})")
@@ -357,7 +357,7 @@ def leakage_plot(v: dict, points: dict, path: str) -> bool:
     drawn = False
     for ax, suite in zip(axes, ("ignorant", "oracle_free")):
         for family, chosen in families(v).items():
-            xy = [points[(suite, json.dumps(defenses.parse(s).fields, sort_keys=True))] for s in chosen]
+            xy = [points[(suite, strongest.defense_key(s))] for s in chosen]
             xy = [(d, p) for d, p in xy if d is not None]
             if not xy:
                 continue

@@ -197,13 +197,19 @@ def prior_auxiliary_indices(config: ml_collections.ConfigDict, num_examples: int
     return indices
 
 
-def _inverter_auxiliary_indices(config: ml_collections.ConfigDict, num_examples: int) -> np.ndarray:
-    metadata_path = os.path.join(resolve_path(config.inverter.checkpoint), checkpoints.METADATA_FILE)
+def _checkpoint_metadata(path: str) -> dict:
+    """The metadata.json of checkpoint `path` ({} when it has none)."""
+    metadata_path = os.path.join(resolve_path(path), checkpoints.METADATA_FILE)
     if not os.path.exists(metadata_path):
-        return np.zeros(0, np.int64)
+        return {}
     with open(metadata_path) as f:
-        meta = json.load(f)
-    if (meta.get("dataset"), meta.get("split"), meta.get("pool_count")) != (config.data.name, config.data.split, num_examples):
+        return json.load(f)
+
+
+def _inverter_auxiliary_indices(config: ml_collections.ConfigDict, num_examples: int) -> np.ndarray:
+    meta = _checkpoint_metadata(config.inverter.checkpoint)
+    if not meta or (meta.get("dataset"), meta.get("split"), meta.get("pool_count")) != \
+            (config.data.name, config.data.split, num_examples):
         return np.zeros(0, np.int64)
     aux, heldout = inverter_lib.auxiliary_split(num_examples, fraction=meta["aux"]["fraction"], count=meta["aux"]["count"],
                                                 seed=int(meta["aux"]["seed"]), heldout_count=int(meta["heldout_count"]))
@@ -212,13 +218,7 @@ def _inverter_auxiliary_indices(config: ml_collections.ConfigDict, num_examples:
 
 def _ae_auxiliary_indices(config: ml_collections.ConfigDict, num_examples: int) -> np.ndarray:
     path = config.get("prior", {}).get("checkpoint")
-    if not path:
-        return np.zeros(0, np.int64)
-    metadata_path = os.path.join(resolve_path(path), checkpoints.METADATA_FILE)
-    if not os.path.exists(metadata_path):
-        return np.zeros(0, np.int64)
-    with open(metadata_path) as f:
-        meta = json.load(f)
-    if meta.get("dataset") != config.data.name or meta.get("split") != config.data.split:
+    meta = _checkpoint_metadata(path) if path else {}
+    if not meta or meta.get("dataset") != config.data.name or meta.get("split") != config.data.split:
         return np.zeros(0, np.int64)
     return data.auxiliary_indices(num_examples, count=int(meta["aux_count"]), seed=int(meta["aux_seed"]))

@@ -278,15 +278,6 @@ def verdicts(manifest: dict, compared: dict) -> list[str]:
     return lines
 
 
-def _reconstructions(workdir: str, directory: str) -> dict[int, np.ndarray]:
-    folder = os.path.join(workdir, directory, "reconstructions")
-    images = {}
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        with np.load(os.path.join(folder, name)) as saved:
-            images.update(zip(saved["ids"].tolist(), saved["images01"]))
-    return images
-
-
 def _ground_truth(r: dict) -> np.ndarray:
     from gipip_jax.assembly import load_dataset
 
@@ -302,7 +293,7 @@ def _cell_images(workdir: str, records: list[dict], cache: dict) -> np.ndarray |
     images = []
     for r in records:
         if r["_dir"] not in cache:
-            cache[r["_dir"]] = _reconstructions(workdir, r["_dir"])
+            cache[r["_dir"]] = results.read_reconstructions(os.path.join(workdir, r["_dir"]))
         found = cache[r["_dir"]].get(r["attack_id"])
         if found is None:
             return None

@@ -126,3 +126,13 @@ def save_grid(path: str, rows: Iterable[np.ndarray], *, scale: int = 2, gap: int
             canvas[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = image if c == 3 else image[..., :1]
     pixels = (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)
     Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def read_reconstructions(study_dir: str) -> dict[int, np.ndarray]:
+    """{attack id: its (B, H, W, C) [0, 1] reconstruction} from every STUDY_DIR/reconstructions/*.npz
+    ({} when there are none)."""
+    folder, images = os.path.join(study_dir, "reconstructions"), {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        with np.load(os.path.join(folder, name)) as saved:
+            images.update(zip(saved["ids"].tolist(), saved["images01"]))
+    return images

@@ -26,14 +26,14 @@ import ml_collections
 import numpy as np
 
 from gipip_jax import adaptive, defenses, study, summarize
+from gipip_jax.results import read_reconstructions, read_records
 
 RECOGNISABLE_PSNR = 20.0   # dB
 PICKS = ("oracle_free", "oracle")
 
 
-def defense_key(record: dict) -> str:
-    """The record's defense setting (every defense field) as canonical JSON."""
-    setting = record["setting"]
+def defense_key(setting: dict) -> str:
+    """A flat setting's defense (every defense field, defaults filled in) as canonical JSON."""
     return json.dumps(defenses.parse({f: setting[f] for f in defenses.DEFENSE_DEFAULTS if f in setting}).fields,
                       sort_keys=True)
 
@@ -44,7 +44,7 @@ def rescore(workdir: str, records: list[dict] | None = None) -> dict[int, float]
     who knows its defense, where the study has defense-aware arms (else with the study's plain
     matching, the one criterion its attacks share). Rebuilds the study from its records' config (the
     same attacks, updates and keys); reads W/reconstructions/*.npz."""
-    records = [r for r in (records or _records(workdir)) if r.get("status") == "ok"]
+    records = [r for r in (records or read_records(os.path.join(workdir, "results.jsonl"))) if r.get("status") == "ok"]
     if not records:
         return {}
     s = study.Study(ml_collections.ConfigDict(records[0]["config"]), workdir, log=lambda *_: None)
@@ -54,7 +54,7 @@ def rescore(workdir: str, records: list[dict] | None = None) -> dict[int, float]
     def matching(x, target_grads, labels, terms):
         return objective(x, target_grads, labels, terms)[1]["matching"]
 
-    images = _reconstructions(workdir)
+    images = read_reconstructions(workdir)
     scores = {}
     for r in records:
         inputs = s.inputs([r["attack_id"]])
@@ -67,19 +67,6 @@ def rescore(workdir: str, records: list[dict] | None = None) -> dict[int, float]
     return scores
 
 
-def _records(workdir: str) -> list[dict]:
-    from gipip_jax.results import read_records
-    return read_records(os.path.join(workdir, "results.jsonl"))
-
-
-def _reconstructions(workdir: str) -> dict[int, np.ndarray]:
-    folder, images = os.path.join(workdir, "reconstructions"), {}
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        with np.load(os.path.join(folder, name)) as saved:
-            images.update(zip(saved["ids"].tolist(), saved["images01"]))
-    return images
-
-
 def strongest(records: list[dict], scores: dict[int, float]) -> dict[str, dict[tuple, dict]]:
     """{pick: {(defense key, target indices): the suite's chosen record}} over the ok records (best
     restart of each arm first, as summarize.best_restarts keeps). pick "oracle_free": lowest
@@ -87,7 +74,7 @@ def strongest(records: list[dict], scores: dict[int, float]) -> dict[str, dict[t
     suites: dict[tuple, list[dict]] = {}
     for r in summarize.best_restarts(records):
         if r.get("status") == "ok":
-            suites.setdefault((defense_key(r), tuple(r["target_indices"])), []).append(r)
+            suites.setdefault((defense_key(r["setting"]), tuple(r["target_indices"])), []).append(r)
     return {"oracle_free": {k: min(rs, key=lambda r: scores.get(r["attack_id"], np.inf)) for k, rs in suites.items()},
             "oracle": {k: max(rs, key=lambda r: r["psnr"]) for k, rs in suites.items()}}
 
