@@ -18,8 +18,9 @@ full disk) leaves W resumable and says so in one line.
   TensorStore's RESOURCE_EXHAUSTED text inside orbax's errors); `DiskFull` is the one line that
   replaces it, with the space the rest of the run needs (`space_needed`).
 * Log noise: inside `quiet_libraries()` the absl logger (orbax's: one traceback per background
-  thread of a failed save) and Python's unraisable-error hook print nothing, unless
-  GIPIP_JAX_VERBOSE is set (not "" or "0").
+  thread of a failed save), the asyncio logger and Python's unraisable-error hook print nothing,
+  and after an error they stay quiet until the process ends, unless GIPIP_JAX_VERBOSE is set
+  (not "" or "0").
 """
 
 from __future__ import annotations
@@ -211,20 +212,23 @@ def _size(nbytes: float) -> str:
 
 @contextlib.contextmanager
 def quiet_libraries():
-    """In the block the absl logger and Python's hook for errors nothing can catch (a TensorStore
-    callback into orbax's closed event loop after a failed save) print nothing, unless GIPIP_JAX_VERBOSE
-    is set."""
+    """In the block the absl logger, the asyncio logger (a failed save's TensorStore future, "exception
+    was never retrieved" when it is collected) and Python's hook for errors nothing can catch (a
+    TensorStore callback into orbax's closed event loop) print nothing, unless GIPIP_JAX_VERBOSE is
+    set. A block left by an error keeps them quiet for the rest of the process: the leftovers of the
+    failed save are collected later, some only at exit, after the error's one line."""
     if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
         yield
         return
-    logger, drop, hook = logging.getLogger("absl"), lambda record: False, sys.unraisablehook
-    logger.addFilter(drop)
+    loggers, drop, hook = [logging.getLogger(name) for name in ("absl", "asyncio")], lambda record: False, \
+        sys.unraisablehook
+    for logger in loggers:
+        logger.addFilter(drop)
     sys.unraisablehook = lambda unraisable: None
-    try:
-        yield
-    finally:
+    yield   # an error in the block propagates from here and leaves the libraries quiet
+    for logger in loggers:
         logger.removeFilter(drop)
-        sys.unraisablehook = hook
+    sys.unraisablehook = hook
 
 
 def leave(status: int) -> int:
