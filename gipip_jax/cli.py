@@ -7,6 +7,8 @@
     gipip-jax train-victim --config experiments/configs/victim_cifar10.py:smoke --workdir W
     gipip-jax utility      --config experiments/configs/utility_cifar10.py:smoke --workdir W
     gipip-jax train-inverter --config experiments/configs/inverter_cifar10.py:smoke --workdir W
+    gipip-jax audit        --model NAME|PATH.py:Class --data cifar10 --batch-size 1 [--defense F=V ...] --workdir W
+                           (how much one federated setup leaks: W/report.md, W/report.html; see gipip_jax/audit.py)
     gipip-jax summarize    W/results.jsonl [...]
     gipip-jax report       W      (a study or experiment directory -> W/report.md, W/report.html)
 
@@ -91,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workdir", required=True, help="directory for checkpoints and results")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
         p.add_argument("--help-config", action=schema.HelpConfig, command=command, help="list config fields, exit")
+    from gipip_jax import audit
+
+    audit.add_arguments(sub.add_parser("audit", help="how much does my federated setup leak? (a report and a verdict)",
+                                       description=audit.__doc__.split("\n\n")[0]))
     summarize = sub.add_parser("summarize", help="markdown table of results.jsonl files")
     summarize.add_argument("paths", nargs="+", help="results.jsonl files")
     report = sub.add_parser("report", help="markdown/HTML report with plots and image grids of a study or experiment")
@@ -121,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     created = first_missing(args.workdir)   # removed again if the run fails before writing anything
     try:
         _check_workdir(args.workdir)
+        if args.command == "audit":
+            from gipip_jax import audit
+
+            return audit.main(args)
         config = load_config(args.config)
         for assignment in args.set:
             apply_override(config, assignment)

@@ -107,6 +107,8 @@ class Defense(NamedTuple):
     build: kind "update": build(entry, key) -> optax.GradientTransformation;
            kind "step": build(entry) -> StepHooks.
     attacker: its `Adaptation` (how an attacker who knows it matches the update), or None.
+    stronger(entry) -> [{field: value}, ...]: settings of its fields stronger than `entry` (which may
+      be off), weakest first (what an audit tries next; `ladder` builds it).
     """
 
     name: str
@@ -116,6 +118,7 @@ class Defense(NamedTuple):
     validate: Callable[[Mapping], None]
     build: Callable[..., Any]
     attacker: Adaptation | None = None
+    stronger: Callable[[Mapping], list[dict]] = lambda entry: []
 
     def is_on(self, entry: Mapping) -> bool:
         return entry[self.switch] != self.fields[self.switch]
@@ -553,6 +556,20 @@ def _soteria_candidate(tree, target, k, context):
     return map_kernel(tree, context.classifier, lambda kernel: jnp.where(_on(k) & zero_rows, 0.0, kernel))
 
 
+def ladder(field: str, steps: Sequence[float], *, fixed: Callable[[Mapping], dict] = lambda entry: {}
+           ) -> Callable[[Mapping], list[dict]]:
+    """A `Defense.stronger`: the values of `steps` (weakest first: increasing, or decreasing for a
+    bound such as a clipping norm) past entry[field] (all of them while the defense is off, field 0),
+    each with `fixed(entry)` (fields that stay as the entry has them, or that turn the defense on)."""
+    decreasing = steps[0] > steps[-1]
+
+    def stronger(entry: Mapping) -> list[dict]:
+        now = entry[field]
+        past = [v for v in steps if not now or (v < now if decreasing else v > now)]
+        return [{**fixed(entry), field: v} for v in past]
+    return stronger
+
+
 CLIP_ATTACKER = Adaptation(
     "the clipping norm C: its simulated update is clipped to global norm C (a rescaling, so it changes "
     "only a scale-aware matching, e.g. beside noise)", lambda e: {"clip_norm": float(e["clip_norm"])},
@@ -581,17 +598,22 @@ SOTERIA_ATTACKER = Adaptation(
 
 register(Defense("clip", "update", {"clip_norm": 0.0}, "clip_norm",
                  lambda entry: check_number(entry, "clip_norm"),
-                 lambda entry, key: optax.clip_by_global_norm(float(entry["clip_norm"])), CLIP_ATTACKER))
+                 lambda entry, key: optax.clip_by_global_norm(float(entry["clip_norm"])), CLIP_ATTACKER,
+                 ladder("clip_norm", (1.0, 0.1, 0.01, 1e-3))))
 register(Defense("prune", "update", {"prune_sparsity": 0.0, "prune_scope": "per_tensor"}, "prune_sparsity",
                  _check_prune, lambda entry, key: prune(float(entry["prune_sparsity"]), entry["prune_scope"]),
-                 PRUNE_ATTACKER))
+                 PRUNE_ATTACKER, ladder("prune_sparsity", (0.9, 0.99, 0.999, 0.9999),
+                                        fixed=lambda entry: {"prune_scope": entry["prune_scope"]})))
 register(Defense("noise", "update", {"noise": "gaussian", "noise_std": 0.0}, "noise_std", _check_noise, _build_noise,
-                 NOISE_ATTACKER))
+                 NOISE_ATTACKER, ladder("noise_std", (1e-2, 3e-2, 0.1, 0.3, 1.0),
+                                        fixed=lambda entry: {"noise": entry["noise"]})))
 register(Defense("dp_sgd", "step", {"dp_clip_norm": 0.0, "dp_noise_multiplier": 0.0}, "dp_clip_norm",
-                 _check_dp_sgd, _build_dp_sgd, DP_SGD_ATTACKER))
+                 _check_dp_sgd, _build_dp_sgd, DP_SGD_ATTACKER,
+                 ladder("dp_noise_multiplier", (0.5, 1.0, 2.0, 4.0, 8.0),
+                        fixed=lambda entry: {"dp_clip_norm": entry["dp_clip_norm"] or 1.0})))
 register(Defense("dropout", "step", {"dropout_rate": 0.0}, "dropout_rate",
                  lambda entry: check_number(entry, "dropout_rate", 0.0, 1.0, high_open=True), _build_dropout,
-                 DROPOUT_ATTACKER))
+                 DROPOUT_ATTACKER, ladder("dropout_rate", (0.5, 0.75, 0.9, 0.99))))
 register(Defense("soteria", "step", {"soteria_pruning": 0.0}, "soteria_pruning",
                  lambda entry: check_number(entry, "soteria_pruning", 0.0, 1.0, high_open=True), _build_soteria,
-                 SOTERIA_ATTACKER))
+                 SOTERIA_ATTACKER, ladder("soteria_pruning", (0.4, 0.8, 0.95, 0.99))))

@@ -37,6 +37,20 @@ def bootstrap_mean_ci(values, *, confidence: float = 0.95, resamples: int = 1000
     return np.asarray(ci.low), np.asarray(ci.high)
 
 
+def bootstrap_median_ci(values, *, confidence: float = 0.95, resamples: int = 10000,
+                        seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the median of every entry of `values` (n targets, k images each),
+    resampling whole targets (the images of one batch are not independent); deterministic by `seed`.
+    NaN where n < 2."""
+    values = np.asarray(values, float).reshape(len(values), -1)
+    if len(values) < 2:
+        return np.nan, np.nan
+    ci = stats.bootstrap((np.arange(len(values)),), lambda idx: np.median(values[idx.astype(int)]),
+                         vectorized=False, n_resamples=resamples, confidence_level=confidence,
+                         method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
 def wilcoxon_p(differences) -> float:
     """Two-sided Wilcoxon signed-rank p-value of the differences (zeros dropped); NaN when fewer than
     two differences or all are zero. scipy's exact distribution for small n without ties."""

@@ -278,7 +278,8 @@ def verdicts(manifest: dict, compared: dict) -> list[str]:
     return lines
 
 
-def _ground_truth(r: dict) -> np.ndarray:
+def ground_truth(r: dict) -> np.ndarray:
+    """The record's target images, (B, H, W, C) in [0, 1], read from its dataset."""
     from gipip_jax.assembly import load_dataset
 
     images = load_dataset(ml_collections.ConfigDict(r["config"]["data"]), r["split"])
@@ -329,7 +330,7 @@ def image_grids(workdir: str, groups: dict, folder: str) -> list[tuple[str, str]
                     cell_rows.append((series if x is None else f"{series}\n{x}", images))
             if not cell_rows:   # no reconstructions beside the records (e.g. published results.jsonl only)
                 continue
-            labelled = [("ground truth", np.concatenate([_ground_truth(first[t]) for t in chunk]))] + cell_rows
+            labelled = [("ground truth", np.concatenate([ground_truth(first[t]) for t in chunk]))] + cell_rows
             path = os.path.join(folder, f"grid_{len(out)}.png")
             save_labelled_grid(path, labelled)
             title = f"{data_key[0]}, batch size {data_key[2]}, targets {', '.join(str(list(t)) for t in chunk)}"
@@ -391,18 +392,21 @@ def build(workdir: str) -> dict:
         blocks.append(("p", note))
     paths = {"markdown": os.path.join(workdir, "report.md"), "html": os.path.join(workdir, "report.html"),
              "plots": [p for _, p in plots], "traces": [p for _, p in traces], "grids": [p for _, p in grids]}
-    _write(paths["markdown"], _markdown(blocks))
-    _write(paths["html"], _html(manifest.get("title", "Report"), blocks))
+    write_text(paths["markdown"], markdown_page(blocks))
+    write_text(paths["html"], html_page(manifest.get("title", "Report"), blocks))
     return paths
 
 
-def _write(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` whole or not at all (a temporary file, then a rename)."""
     with open(f"{path}.tmp", "w") as f:
         f.write(text)
     os.replace(f"{path}.tmp", path)
 
 
-def _markdown(blocks) -> str:
+def markdown_page(blocks) -> str:
+    """Markdown of [(kind, value)] blocks: "h1", "h2", "p", "code" (text), "table" ((header, rows)),
+    "img" ((title, path relative to the page))."""
     out = []
     for kind, value in blocks:
         if kind == "h1":
@@ -424,7 +428,8 @@ def _markdown(blocks) -> str:
     return "\n".join(out)
 
 
-def _html(title: str, blocks) -> str:
+def html_page(title: str, blocks) -> str:
+    """A standalone HTML page of the same blocks as `markdown_page`."""
     body = []
     for kind, value in blocks:
         if kind in ("h1", "h2", "p"):

@@ -374,6 +374,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         raise work.DiskFull(workdir, needed) from error
 
 
+def _duration(seconds: float) -> str:
+    """"42 s", "12 min" or "3.4 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def trace_steps(iterations: int, chunk_size: int, points: int = TRACE_POINTS) -> list[int]:
     """The steps at which a wave's trace is taken: ~`points` chunk boundaries spread over the
     iterations, and the last step."""
@@ -476,8 +483,10 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
         now = time.perf_counter()
         if now - last_log[0] >= 10 or steps.min() >= iterations:
             rate = len(padded) * (chunks - resumed) * config.engine.chunk_size / (now - start)
+            later = max(0, len(study.attacks) - len(done | set(ids)))   # attacks of the waves after this one
+            left = (len(padded) * (iterations - int(steps.min())) + later * iterations) / max(rate, 1e-9)
             print(f"wave {number + 1}/{count}  step {int(steps.min())}/{iterations}  attacks done "
-                  f"{len(done)}/{len(study.attacks)}  {rate:.1f} attack-steps/s", flush=True)
+                  f"{len(done)}/{len(study.attacks)}  {rate:.1f} attack-steps/s  ETA {_duration(left)}", flush=True)
             last_log[0] = now
         compute[1] = time.perf_counter()
 

@@ -100,3 +100,16 @@ def test_a_gain_that_does_not_survive_its_family_is_inconclusive():
     paired.adjust_family([gain, *[dict(nulls[0]) for _ in range(6)]])   # 7 arms: 7 * 2 / 256 = 0.055
     assert gain["p_holm"] > 0.05 and paired.verdict(gain) == "inconclusive"
     assert paired.format_tested(paired.paired_stats(baseline + [-1.0, 1.0] * 4, baseline)) == "1"   # not adjusted
+
+
+def test_median_ci_resamples_whole_targets_and_is_fixed_by_its_seed():
+    rng = np.random.default_rng(3)
+    values = rng.normal(15, 3, (16, 4))
+    low, high = paired.bootstrap_median_ci(values)
+    assert low < np.median(values) < high
+    assert paired.bootstrap_median_ci(values) == (low, high)
+    # one target's images drawn together: a target of 4 equal values moves the median in steps of a target
+    blocks = np.repeat(np.arange(16.0)[:, None], 4, axis=1)
+    low, high = paired.bootstrap_median_ci(blocks)
+    assert 2 * low == int(2 * low) and 2 * high == int(2 * high)   # medians of whole targets: n or n + 0.5
+    assert np.isnan(paired.bootstrap_median_ci(values[:1])).all()

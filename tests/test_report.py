@@ -146,7 +146,7 @@ def test_image_grids_show_every_target_with_titles_naming_what_they_show(tmp_pat
     os.makedirs(tmp_path / "reconstructions")
     ids = np.array([r["attack_id"] for r in study])
     np.savez(tmp_path / "reconstructions" / "wave_00000.npz", ids=ids, images01=np.full((len(ids), 1, 8, 8, 3), 0.5))
-    monkeypatch.setattr(report, "_ground_truth", lambda r: np.zeros((1, 8, 8, 3)))   # no dataset needed
+    monkeypatch.setattr(report, "ground_truth", lambda r: np.zeros((1, 8, 8, 3)))   # no dataset needed
     monkeypatch.setattr(report, "MAX_GRID_COLUMNS", 3)
     _, records = report.load(str(tmp_path))
     grids = report.image_grids(str(tmp_path), report.cells(records), str(tmp_path))
@@ -159,7 +159,7 @@ def test_image_grids_show_every_target_with_titles_naming_what_they_show(tmp_pat
     for _, path in grids:
         os.remove(path)
     os.remove(tmp_path / "reconstructions" / "wave_00000.npz")   # records only: no ground-truth-only grids
-    monkeypatch.setattr(report, "_ground_truth", lambda r: pytest.fail("ground truth loaded for no grid"))
+    monkeypatch.setattr(report, "ground_truth", lambda r: pytest.fail("ground truth loaded for no grid"))
     assert report.image_grids(str(tmp_path), report.cells(records), str(tmp_path)) == []
     assert not any(name.startswith("grid_") for name in os.listdir(tmp_path))
 
