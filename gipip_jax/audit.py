@@ -277,7 +277,7 @@ def arm_name(record: dict) -> str:
 
 def leakage(cell: dict) -> dict:
     """Headline numbers of one defense setting's picks: images, recognisable count, median PSNR with
-    its 95 % CI (bootstrap over targets, 10,000 resamples, seed 0), worst-case PSNR, the oracle's
+    its 95 % CI (paired.bootstrap_median_ci: over targets), worst-case PSNR, the oracle's
     median, labels recovered (or "given"), share of targets picked from the defense-aware arm, the
     arms of the suite and the picked attack ids (one per target, in target order)."""
     from gipip_jax import paired, strongest
@@ -394,7 +394,7 @@ def worst_cases(summary_cell: dict, study_dir: str, path: str) -> str | None:
 
 def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: dict) -> dict:
     """W/report.md and W/report.html (+ W/report/worst_cases.png); returns their paths."""
-    from gipip_jax import defenses, report, strongest
+    from gipip_jax import defenses, paired, report, strongest
 
     folder = os.path.join(workdir, "report")
     os.makedirs(folder, exist_ok=True)
@@ -407,7 +407,7 @@ def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: di
                     "\"Reading the metrics\"). Per target the strongest reconstruction is picked without the ground "
                     "truth (lowest defense-aware matching); picked by PSNR instead (an upper bound that needs the "
                     f"images) the median is {d['oracle_median_psnr']:.1f} dB. Median CI: percentile bootstrap over "
-                    "targets, 10,000 resamples, seed 0."),
+                    f"targets, {paired.RESAMPLES:,} resamples, seed {paired.SEED}."),
               ("h2", "Threat model"), ("p", threat_paragraph(setup)),
               ("p", "Attacks: " + ", ".join(d["suite"]) + f"; {setup['iterations']} iterations, {setup['targets']} "
                     f"batches of {setup['batch_size']} from {setup['data']} {setup['split']}"

@@ -17,10 +17,12 @@ from scipy import stats
 SIGNIFICANCE = 0.05      # Wilcoxon level a verdict of gain / loss needs (with a CI excluding 0)
 MIN_TARGETS = 6          # fewer pairs can never reach it: a two-sided signed-rank p is at least 2 / 2**n
 BOOTSTRAP_BATCH = 1000   # resamples scipy evaluates at once (bounds memory for long traces)
+RESAMPLES = 10000        # bootstrap resamples, and the seed of their draws, unless a caller says otherwise
+SEED = 0
 
 
-def bootstrap_mean_ci(values, *, confidence: float = 0.95, resamples: int = 10000,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_mean_ci(values, *, confidence: float = 0.95, resamples: int = RESAMPLES,
+                      seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
     """Percentile-bootstrap CI of the mean over axis 0 (targets) of `values` (n, ...).
 
     scipy.stats.bootstrap; each resample draws n targets with replacement, the same draws for every
@@ -37,8 +39,8 @@ def bootstrap_mean_ci(values, *, confidence: float = 0.95, resamples: int = 1000
     return np.asarray(ci.low), np.asarray(ci.high)
 
 
-def bootstrap_median_ci(values, *, confidence: float = 0.95, resamples: int = 10000,
-                        seed: int = 0) -> tuple[float, float]:
+def bootstrap_median_ci(values, *, confidence: float = 0.95, resamples: int = RESAMPLES,
+                        seed: int = SEED) -> tuple[float, float]:
     """Percentile-bootstrap CI of the median of every entry of `values` (n targets, k images each),
     resampling whole targets (the images of one batch are not independent); deterministic by `seed`.
     NaN where n < 2."""
@@ -61,7 +63,7 @@ def wilcoxon_p(differences) -> float:
     return float(stats.wilcoxon(d, alternative="two-sided").pvalue)
 
 
-def paired_stats(treatment, baseline, *, confidence: float = 0.95, resamples: int = 10000, seed: int = 0) -> dict:
+def paired_stats(treatment, baseline, *, confidence: float = 0.95, resamples: int = RESAMPLES, seed: int = SEED) -> dict:
     """Statistics of treatment − baseline over paired targets (order-matched 1-d arrays).
 
     Pairs where either value is not finite are dropped. Returns n, mean, median, ci_low, ci_high (the

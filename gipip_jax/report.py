@@ -47,7 +47,7 @@ import ml_collections
 import numpy as np
 
 from gipip_jax import results, summarize
-from gipip_jax.paired import MIN_TARGETS, SIGNIFICANCE, failure_rate, format_delta, format_tested, verdict
+from gipip_jax.paired import MIN_TARGETS, RESAMPLES, SEED, SIGNIFICANCE, failure_rate, format_delta, format_tested, verdict
 from gipip_jax.report_plots import (METRICS, cell_stats, hashable, plot_gap, plot_grad_norms, plot_metric,
                                    save_labelled_grid, steering_share)
 
@@ -367,7 +367,7 @@ def build(workdir: str) -> dict:
                         "the lowest gradient-matching term, or objective where config.attack.restart_selection says "
                         f"so). PSNR < {FAILURE_PSNR:g} dB: share of targets below it (failed attacks included). "
                         f"Δ: per-target difference against {baseline_name(manifest)}, mean with its 95 % percentile-"
-                        "bootstrap CI over targets, median, targets better/worse, two-sided Wilcoxon signed-rank p."
+                        f"bootstrap CI over targets ({RESAMPLES:,} resamples, seed {SEED}), median, targets better/worse, two-sided Wilcoxon signed-rank p."
                         + (f" The paper's SSIM values are the authors' zero-padded SSIM: compare them with {SSIM_AUTHORS}, "
                            "not dm-pix SSIM." if manifest.get("paper") else "")))
     blocks += [("h2", "Results"), ("table", (header, rows))] + [("p", n) for n in notes]
