@@ -242,7 +242,8 @@ def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[l
                f"{failure_rate(psnr, FAILURE_PSNR):.0%}"]
         row += [_fmt(*cell_stats(group, m)[:2]) for m in ("ssim", "ssim_padded")]
         row += [f"{paper[(series, x, m)]:.2f}" if (series, x, m) in paper else "–" for m in paper_metrics]
-        row += [_fmt(*cell_stats(group, m)[:2]) for m in ("lpips", "label_accuracy")]
+        row += [_fmt(*cell_stats(group, "lpips")[:2]),
+                "given" if summarize.labels_given(group) else _fmt(*cell_stats(group, "label_accuracy")[:2])]
         if show_steering:
             share = steering[(series, x)]
             row.append("–" if share is None else f"{share[0]:.1e}, {share[1]:.1e}")

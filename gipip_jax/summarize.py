@@ -159,6 +159,13 @@ def _labels(groups: dict) -> dict:
     return labels
 
 
+def labels_given(records: list[dict]) -> bool:
+    """Whether every ok record attacked with the true labels given (label_source "given"): its label
+    accuracy is then 1 by construction, and a table says "given" instead."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    return bool(ok) and all(r.get("label_source") == "given" for r in ok)
+
+
 def table(records: list[dict]) -> str:
     """Markdown table of mean ± std per arm (failed attacks counted, not averaged) and its paired
     differences against its λ_AS = 0 baseline, with the PSNR verdict (paired.verdict; p-values
@@ -182,7 +189,10 @@ def table(records: list[dict]) -> str:
         cells = [str(v) for v in key[:4]] + [str(a.get(f)) for f in LABELLED] + [labels[key], f"{len(ok)} / {len(group)}"]
         for m in METRICS:
             values = np.array([r[m] for r in ok if m in r], float)
-            cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if len(values) else "–")
+            if m == "label_accuracy" and labels_given(ok):
+                cells.append("given")
+            else:
+                cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if len(values) else "–")
         psnr = np.array([value(r, "psnr") for r in group])
         cells.append(f"{np.nanmedian(psnr):.3f}" if np.isfinite(psnr).any() else "–")
         cells.append(f"{failure_rate(psnr, FAILURE_PSNR):.0%}")

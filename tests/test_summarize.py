@@ -65,3 +65,12 @@ def test_each_as_arm_is_paired_with_its_as_weight_0_arm():
     gipip = [line for line in text.splitlines() if line.startswith("| study:gipip")][0]
     assert "+1.03 [+1.01, +1.04], med +1.03, 6↑/0↓ | 0.031 | gain |" in gipip   # exact Wilcoxon: 2 / 2**6
     assert "| 50% |" in text.splitlines()[2] and "†" not in text           # 12, 13, 14 of 12..17 below 15 dB
+
+
+def test_the_label_column_reads_given_where_labels_were_given_and_the_accuracy_where_recovered():
+    given = [dict(record(t, 0, 0.1, 20.0), label_source="given", label_accuracy=1.0) for t in range(2)]
+    recovered = [dict(record(t, 0, 0.1, 20.0), label_source="idlg", label_accuracy=a) for t, a in ((0, 1.0), (1, 0.0))]
+    header, row = (summarize.table(given).splitlines()[i].split(" | ") for i in (0, 2))
+    assert row[header.index("label_accuracy")] == "given"
+    header, row = (summarize.table(recovered).splitlines()[i].split(" | ") for i in (0, 2))
+    assert row[header.index("label_accuracy")] == "0.500 ± 0.500"
