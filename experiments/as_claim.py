@@ -1,13 +1,14 @@
 """Does the AS prior help? GI-PIP's central claim at the authors' protocol and budget (issue 14).
 
 Every part attacks the same targets with and without the anomaly-score prior and compares them per
-target (paired ΔPSNR / ΔSSIM with a 95 % bootstrap CI and a Wilcoxon signed-rank p-value, medians and
-the share of failed reconstructions, < 15 dB, in the report), with the authors' protocol: targets
-drawn from the TRAIN split (skipping the AE's auxiliary images) with distinct labels in a batch and
-disjoint batches, victims with PyTorch's default initialization (`victim.init=torch`), untrained,
-Adam 0.1 unsigned with the step schedule, c = 0.001 at 32 px (0.002 at 64 px), restarts ranked by the
-matching term. Each record carries a trace (20 points: objective terms, each term's weighted gradient
-norm, PSNR), so the report shows when AS steers the step.
+target (paired ΔPSNR / ΔSSIM with a 95 % percentile bootstrap CI, 10,000 resamples, seed 0, and a
+Wilcoxon signed-rank p-value, medians and the share of failed reconstructions, < 15 dB, in the report),
+with the authors' protocol: targets drawn from the TRAIN split (skipping the AE's auxiliary images)
+with distinct labels in a batch and disjoint batches, victims with PyTorch's default initialization
+(`victim.init=torch`), untrained, Adam 0.1 unsigned with the step schedule, c = 0.001 at 32 px (0.002
+at 64 px), given labels. Restart selection by the matching term is set, but every variant runs 1
+restart, so it selects nothing. Each record carries a trace (20 points: objective terms, each term's
+weighted gradient norm, PSNR), so the report shows AS's share of the step's gradient over the run.
 
     python experiments/as_claim.py VARIANT [WORKDIR]      (default WORKDIR runs/as_claim_VARIANT)
 
@@ -17,10 +18,12 @@ Parts of the `cpu` variant (CIFAR-10 32 px, 10,000 iterations; run in this order
   b  convnet_bs1       the tail hypothesis on the ConvNet: bs 1, λ_TV 1e-6, λ_AS in {0, 1e-4, 1e-2, 1e-1},
                        reference AE, 16 targets
   b  convnet_bs4       the same at bs 4 (λ_TV 1e-5), 16 disjoint batches
-  c  convnet_bs4_mse   does the AE matter: the bs-4 arms where AS steers, λ_AS 1e-2 and 1e-1, with the
-                       MSE/Adam AE (its IG arm would be convnet_bs4's, same targets and keys, so it is not
-                       run twice; at λ_AS 1e-4 the prior carries ~1e-3 of the matching gradient at bs 4,
-                       too little for any AE to show)
+  c  convnet_bs4_mse   another AE: the bs-4 arms where AS carries a real share of the gradient, λ_AS 1e-2
+                       and 1e-1, with the MSE/Adam AE (MSE, Adam 1e-3, 150 epochs; it differs from the
+                       reference AE in loss, optimizer, epochs and held-out error at once, so this part
+                       cannot say which of those matters). Its IG arm would be convnet_bs4's, same targets
+                       and keys, so it is not run twice; at λ_AS 1e-4 the prior carries ~1e-3 of the
+                       matching gradient at bs 4, too little, we expect, for any AE to show
   d  convnet_bs4_mse_confirm   a confirmation of c's gain, fixed before it ran (c's comparison against IG
                        was chosen after 12 of its 16 batches): 8 fresh disjoint batches (numbers 16-23,
                        none seen by b or c), IG against the MSE/Adam AE at λ_AS 1e-1 and nothing else.
