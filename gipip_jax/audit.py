@@ -360,12 +360,13 @@ def threat_paragraph(setup: dict) -> str:
         f"the weights at the first round (untrained, {setup['init']} init, seed {setup['init_seed']})"
     on = [e for e in (*defenses.parse(setup["defense"]).updates, *defenses.parse(setup["defense"]).steps)]
     knows = "; ".join(f"{e['name']}: {defenses.REGISTRY[e['name']].attacker.knows}" for e in on
-                      if defenses.REGISTRY[e["name"]].attacker) or "there is no defense to know"
+                      if defenses.REGISTRY[e["name"]].attacker)
+    defense = (f"Under the declared defense ({describe(defenses.parse(setup['defense']).fields)}) it runs the "
+               f"attack both unaware of the defense and knowing it ({knows})." if on else "No defense is declared.")
     return (f"An honest-but-curious server sees each round's shared update: {update}. It knows the model's "
             f"architecture ({setup['model']}) and {weights}, and the batch size; it recovers the labels from "
             f"the update ({'iDLG' if bs == 1 else 'bias_count'}) and then optimises images whose update matches "
-            f"the shared one. Under the declared defense ({describe(defenses.parse(setup['defense']).fields)}) it "
-            f"runs the attack both unaware of the defense and knowing it ({knows}). It never sees the images.")
+            f"the shared one. {defense} It never sees the images.")
 
 
 def worst_cases(summary_cell: dict, study_dir: str, path: str) -> str | None:

@@ -61,10 +61,11 @@ def train_ae(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"({100 * len(aux) / n:.2f} % of {n}), {len(heldout)} held out, recipe {config.recipe}")
     params, stats = training.train_autoencoder(
         x_aux, recipe=config.recipe, epochs=config.epochs, batch_size=config.batch_size,
-        learning_rate=config.get("learning_rate"), seed=config.seed, heldout01=x_heldout)
+        learning_rate=config.get("learning_rate"), seed=config.seed, heldout01=x_heldout,
+        target_heldout_mse=config.get("target_heldout_mse"))
     metadata = {"dataset": pool.info.name, "split": config.data.split, "image_shape": list(pool.info.image_shape),
                 "aux_count": len(aux), "aux_fraction": len(aux) / n, "aux_seed": config.aux.seed,
-                "heldout_count": len(heldout), "recipe": config.recipe, "epochs": config.epochs,
+                "heldout_count": len(heldout), "recipe": config.recipe,
                 "batch_size": config.batch_size, "seed": config.seed,
                 "as_offset": assembly.reference_as_offset(pool.info.image_shape[0]), **stats, "config": config.to_dict()}
     path = os.path.join(workdir, "ae")

@@ -163,6 +163,8 @@ def table() -> dict[str, Field]:
                      check=lambda group: data.check_auxiliary_request(group.get("fraction"), group.get("count"))),
         "heldout_count": _integer("held-out images the AE's error is measured on", AE),
         "recipe": Field("choice", "AE training recipe", AE, choices=tuple(training.AE_RECIPES)),
+        "target_heldout_mse": _positive("stop after the first epoch whose held-out MSE is at most this (epochs: "
+                                        "the most)", AE, none="every epoch runs"),
         "learning_rate": _positive("learning rate", TRAINING, none="the AE recipe's default (train-ae)"),
         "epochs": _integer("passes over the training images", TRAINING),
         "batch_size": _integer("images per training step", TRAINING, low=1),

@@ -49,12 +49,14 @@ def _fit(
     key: jax.Array,
     evaluate: Callable[[Any], dict[str, float]],
     log: Callable[[str], None],
-) -> tuple[Any, dict[str, float]]:
-    """Runs ``epochs`` epochs of ``step(state, data, batch_indices, key) -> (state, metrics)``.
+    stop: Callable[[dict[str, float]], bool] | None = None,
+) -> tuple[Any, dict[str, float], int]:
+    """Runs ``epochs`` epochs of ``step(state, data, batch_indices, key) -> (state, metrics)``,
+    fewer when ``stop(summary)`` holds after an epoch.
 
     ``data`` holds arrays with a leading example axis; ``batch_indices`` is int32
-    (batch_size,). Returns the final state and the last epoch's mean step
-    metrics plus ``evaluate(state)`` (the evaluation alone when epochs == 0).
+    (batch_size,). Returns the final state, the last epoch's mean step metrics plus
+    ``evaluate(state)`` (the evaluation alone when epochs == 0), and the epochs run.
     """
     num_examples = data[0].shape[0]
     steps_per_epoch = num_examples // batch_size
@@ -75,7 +77,10 @@ def _fit(
         summary.update(evaluate(state))
         parts = " ".join(f"{name} {value:.4f}" for name, value in summary.items())
         log(f"epoch {epoch}/{epochs} {parts} ({time.perf_counter() - start:.1f}s)")
-    return state, summary
+        if stop is not None and stop(summary):
+            log(f"stopped after epoch {epoch}: the stopping rule holds")
+            return state, summary, epoch
+    return state, summary, epochs
 
 
 def _map_in_batches(fn: Callable[[jax.Array], jax.Array], x: np.ndarray | jax.Array) -> np.ndarray:
@@ -209,7 +214,7 @@ def train_victim(
             return {}
         return {"eval_acc": _accuracy(predict, variables_of(state), eval_images01, eval_labels)}
 
-    state, summary = _fit(
+    state, summary, _ = _fit(
         step, state, (images01, labels), epochs=epochs, batch_size=batch_size,
         key=jax.random.fold_in(key, 1), evaluate=evaluate, log=log,
     )
@@ -264,6 +269,7 @@ def train_autoencoder(
     learning_rate: float | None = None,
     seed: int = 0,
     heldout01=None,
+    target_heldout_mse: float | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[dict, dict]:
     """Trains GI-PIP's AE on images01 (N, H, W, 3) in [0, 1]; returns ``(params, metrics)``.
@@ -278,8 +284,14 @@ def train_autoencoder(
     ``seconds``, ``train_loss`` (mean over the last epoch, None when epochs == 0)
     and, with non-empty ``heldout01``, ``heldout_mse`` (mean over held-out images of the
     per-image MSE on [0, 1]) with its ``heldout_mse_std`` and ``heldout_mse_median``.
+
+    ``target_heldout_mse``: stop after the first epoch whose held-out MSE is at most this
+    (``epochs`` is then the most run; needs ``heldout01``); ``epochs`` in the metrics is the number
+    run, with ``max_epochs``, ``target_heldout_mse`` and ``reached_target``.
     """
     check_recipe(recipe)
+    if target_heldout_mse is not None and (heldout01 is None or len(heldout01) == 0):
+        raise ValueError("target_heldout_mse needs held-out images (heldout_count > 0)")
     loss_of, optimizer, default_learning_rate = AE_RECIPES[recipe]
     learning_rate = default_learning_rate if learning_rate is None else learning_rate
     start = time.perf_counter()
@@ -308,14 +320,18 @@ def train_autoencoder(
             "heldout_mse_median": float(np.median(errors)),
         }
 
-    state, summary = _fit(
+    reached = None if target_heldout_mse is None else (lambda summary: summary["heldout_mse"] <= target_heldout_mse)
+    state, summary, ran = _fit(
         step, state, (images01,), epochs=epochs, batch_size=batch_size,
-        key=jax.random.fold_in(key, 1), evaluate=evaluate, log=log,
+        key=jax.random.fold_in(key, 1), evaluate=evaluate, log=log, stop=reached,
     )
+    target = {} if reached is None else {"max_epochs": epochs, "target_heldout_mse": float(target_heldout_mse),
+                                         "reached_target": bool(reached(summary))}
     metrics = {
         "recipe": recipe,
         "learning_rate": float(learning_rate),
-        "epochs": epochs,
+        "epochs": ran,
+        **target,
         "train_loss": summary.get("train_loss"),
         **{name: value for name, value in summary.items() if name.startswith("heldout_")},
         "seconds": time.perf_counter() - start,

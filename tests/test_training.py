@@ -137,6 +137,25 @@ def test_autoencoder_training_reduces_reconstruction_error_and_is_deterministic(
     jax.tree.map(np.testing.assert_array_equal, again, params)
 
 
+def test_an_autoencoder_trained_to_a_target_heldout_error_stops_at_the_first_epoch_that_reaches_it():
+    images = jnp.clip(0.85 + 0.05 * jax.random.normal(jax.random.key(0), (32, 32, 32, 3)), 0, 1)
+    lines = []
+    kwargs = dict(recipe="mse_adam", batch_size=8, learning_rate=1e-2, heldout01=images[:8])
+    train_autoencoder(images, epochs=5, log=lines.append, **kwargs)
+    per_epoch = [float(line.split("heldout_mse ")[1].split()[0]) for line in lines if line.startswith("epoch ")]
+    assert per_epoch == sorted(per_epoch, reverse=True)   # falls every epoch here, so epoch 3 is the first below:
+    target = (per_epoch[1] + per_epoch[2]) / 2
+    params, metrics = train_autoencoder(images, epochs=5, target_heldout_mse=target, log=silent, **kwargs)
+    assert metrics["epochs"] == 3 and metrics["max_epochs"] == 5 and metrics["reached_target"]
+    assert metrics["heldout_mse"] <= target
+    three, _ = train_autoencoder(images, epochs=3, log=silent, **kwargs)
+    jax.tree.map(np.testing.assert_array_equal, params, three)   # the same weights as a 3-epoch run
+    _, short = train_autoencoder(images, epochs=2, target_heldout_mse=target, log=silent, **kwargs)
+    assert short["epochs"] == 2 and not short["reached_target"]   # out of epochs first: says so
+    with pytest.raises(ValueError, match="needs held-out images"):
+        train_autoencoder(images, recipe="mse_adam", epochs=1, target_heldout_mse=0.01, log=silent)
+
+
 def test_unknown_autoencoder_recipe_lists_the_choices():
     with pytest.raises(ValueError, match="bce_adadelta"):
         train_autoencoder(np.zeros((4, 32, 32, 3), np.float32), recipe="sgd", epochs=1)

@@ -29,6 +29,7 @@ def get_config(arg=None):
     c.recipe = "mse_adam"
     c.learning_rate = None  # the recipe's default
     c.epochs = 150
+    c.target_heldout_mse = None  # stop once the held-out MSE is at most this (epochs is then the most)
     c.batch_size = 16
     c.seed = 0
     c.overwrite = False
