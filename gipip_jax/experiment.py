@@ -39,12 +39,13 @@ def configured(spec: str, fields: dict) -> ml_collections.ConfigDict:
 
 def train_prior(workdir: str, name: str, *, dataset: str, image_size: int | None, steps: int,
                 fraction: float | None = None, count: int | None = None, heldout_count: int = 1000,
-                recipe: str = "mse_adam") -> str:
+                recipe: str = "mse_adam", target_heldout_mse: float | None = None) -> str:
     """Trains the AE prior on an auxiliary subset of `dataset`'s train split for about `steps`
     optimizer steps (batch 16; epochs = ceil(steps * 16 / aux size), so every fraction gets the same
     budget and differs only in data) with `recipe` (training.AE_RECIPES). A fraction that leaves fewer
     than `heldout_count` images out takes all but those (100 % of a pool = all but its held-out
-    images). Returns W/priors/NAME/ae."""
+    images). With `target_heldout_mse` it stops after the first epoch whose held-out MSE is at most
+    that (the steps are then the most). Returns W/priors/NAME/ae."""
     folder = os.path.join(workdir, "priors", name)
     path = os.path.join(folder, "ae")
     if os.path.exists(path):
@@ -56,6 +57,7 @@ def train_prior(workdir: str, name: str, *, dataset: str, image_size: int | None
         fraction, count, aux = None, n - heldout_count, n - heldout_count
     config = configured(AE_CONFIG, {"data.name": dataset, "data.image_size": image_size, "aux.fraction": fraction,
                                     "aux.count": count, "heldout_count": heldout_count, "recipe": recipe,
+                                    "target_heldout_mse": target_heldout_mse,
                                     "epochs": max(1, math.ceil(steps * 16 / aux))})
     jobs.train_ae(config, folder)
     return path

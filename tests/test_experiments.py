@@ -66,6 +66,25 @@ def test_as_claim_smoke_pairs_arms_and_plots_the_traces(tmp_path):
     assert "ΔPSNR vs IG" in against_ig and "reference AE" in against_ig and "MSE AE" in against_ig
 
 
+@pytest.mark.slow
+def test_as_map_smoke_trains_aes_to_targets_and_reports_both_parts(tmp_path):
+    """issue 34's driver: AEs stopped at a target held-out error, one GI-PIP study per AE on IG's
+    batches and keys, the two pre-specified contrasts, and the batch-size table."""
+    summary = _driver("as_map").run("smoke", str(tmp_path))
+    aes = {a["name"]: a for a in summary["aes"]}
+    assert aes["mse_2c"]["reached"] and aes["mse_2c"]["epochs"] < 3   # stopped at its target, early
+    assert aes["mse_2c"]["heldout_mse"] <= aes["mse_2c"]["target"]
+    batches = {tuple(r["target_indices"]) for r in read_records(os.path.join(tmp_path, "studies", "dose_ig",
+                                                                              "results.jsonl"))}
+    for name in aes:
+        records = read_records(os.path.join(tmp_path, "studies", f"dose_{name}", "results.jsonl"))
+        assert {tuple(r["target_indices"]) for r in records} == batches and len(batches) == 2
+    dose = (tmp_path / "dose_response.md").read_text()
+    assert "GI-PIP with mse_c − GI-PIP with mse_2c" in dose and "Verdict: undecided at n = 2" in dose
+    sizes = (tmp_path / "batch_size.md").read_text()
+    assert "| 1 | 0.1 |" in sizes and "| 2 | 0.1 |" in sizes and (tmp_path / "batch_size" / "report.md").exists()
+
+
 def test_driver_bad_input_is_one_error_line_and_leaves_no_workdir(tmp_path, monkeypatch, capsys):
     """Run from outside the repository, the cpu variant finds no shipped AE: one line, exit status 2,
     and the work directory it would have created is not left behind."""
