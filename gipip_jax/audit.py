@@ -12,7 +12,9 @@ becomes studies run by the one study runner (gipip_jax/study.py), in W/studies/:
   then Inverting Gradients and GI-PIP (when an AE prior fits the images), each also in its
   defense-aware form when a defense is on (grid `adaptive`, gipip_jax/adaptive.py).
 - "stronger_<defense>": the next `--stronger` settings of the declared defense (`Defense.stronger`),
-  or of Gaussian noise and pruning when none is declared, under IG, ignorant and defense-aware.
+  or of Gaussian noise and pruning when none is declared, under IG, ignorant and defense-aware; and
+  "stronger_least_leaking": the defense study's least-leaking defense at 2 points of accuracy drop
+  (experiments/defenses.py), once that study has published its verdicts.
 
 Per target the leakage is the suite's strongest reconstruction picked without the ground truth
 (strongest.py, "oracle_free"); the PSNR-best pick ("oracle") is reported beside it as an upper
@@ -43,6 +45,10 @@ SHIPPED_PRIOR = "experiments/checkpoints/ae_cifar10_aux5"   # MSE/Adam AE, 32x32
 AS_WEIGHT = 0.1     # λ_AS of the confirmed AS claim (experiments/README.md)
 TV_WEIGHTS = {1: 1e-6}   # λ_TV at batch size 1 (IG's); larger batches 1e-5 (the defense study's bs 4)
 UNDEFENDED_OPTIONS = ("noise", "prune")   # defenses the "what would help" table tries when none is declared
+# The defense study's verdicts (experiments/defenses.py, published): its least-leaking defense at
+# LEAST_LEAKING_BUDGET points of accuracy drop against the strongest suite joins the table.
+DEFENSE_VERDICTS = "experiments/results/defenses/verdicts.json"
+LEAST_LEAKING_BUDGET = 2.0
 DELTA = 1e-5
 FAIL_METRICS = {"median_psnr": "median PSNR (dB)", "max_psnr": "worst-case PSNR (dB)",
                 "recognisable": "share of images recognisable"}
@@ -147,16 +153,36 @@ def declared_family(defense: dict) -> str | None:
 def stronger_settings(setup: dict) -> dict[str, list[dict]]:
     """{defense name: [flat settings]} the "what would help" table tries: the next `stronger` settings
     of the declared defense (other declared fields kept), or of UNDEFENDED_OPTIONS when none is on."""
-    from gipip_jax import defenses
+    from gipip_jax import defenses, strongest
 
     if not setup["stronger"]:
         return {}
     family = declared_family(setup["defense"])
     if family is None:
-        return {name: defenses.REGISTRY[name].stronger({"name": name, **defenses.REGISTRY[name].fields})
-                [:setup["stronger"]] for name in UNDEFENDED_OPTIONS}
-    entry = {"name": family, **defenses.parse(setup["defense"]).fields}
-    return {family: [{**setup["defense"], **s} for s in defenses.REGISTRY[family].stronger(entry)[:setup["stronger"]]]}
+        out = {name: defenses.REGISTRY[name].stronger({"name": name, **defenses.REGISTRY[name].fields})
+               [:setup["stronger"]] for name in UNDEFENDED_OPTIONS}
+    else:
+        entry = {"name": family, **defenses.parse(setup["defense"]).fields}
+        out = {family: [{**setup["defense"], **s} for s in defenses.REGISTRY[family].stronger(entry)[:setup["stronger"]]]}
+    least = least_leaking()
+    if least is not None and strongest.defense_key(least) not in {strongest.defense_key(s) for group in out.values() for s in group} \
+            | {strongest.defense_key(setup["defense"])}:
+        out["least_leaking"] = [least]
+    return out
+
+
+def least_leaking() -> dict | None:
+    """The flat setting of the defense study's least-leaking defense at LEAST_LEAKING_BUDGET points
+    (strongest suite, oracle-free), or None while that study has not published its verdicts."""
+    from gipip_jax import assembly
+
+    path = assembly.resolve_path(DEFENSE_VERDICTS)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        found = [v for v in json.load(f) if v["budget"] == LEAST_LEAKING_BUDGET and v["suite"] == "oracle_free"]
+    return found[0]["setting"] if found else None
+
 
 
 def prior_path(setup: dict, image_shape) -> str:
@@ -429,7 +455,9 @@ def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: di
         low, high = row["median_ci"]
         cost = "not measured" if row["accuracy"] is None else (
             f"{100 * row['accuracy_drop']:+.1f}" if row["accuracy_drop"] is not None else f"accuracy {row['accuracy']:.3f}")
-        rows.append([describe(row["defense"]) + (" (yours)" if row is d else ""),
+        note = " (yours)" if row is d else (f" (least leaking at {LEAST_LEAKING_BUDGET:g} points in the defense study)"
+                                            if row["study"] == "stronger_least_leaking" else "")
+        rows.append([describe(row["defense"]) + note,
                      f"{row['recognisable']}/{row['images']}", f"{row['median_psnr']:.1f} [{low:.1f}, {high:.1f}]",
                      f"{row['max_psnr']:.1f}", f"{100 * row['aware_share']:.0f} %", cost,
                      "" if row["dp_epsilon"] is None else f"{row['dp_epsilon']:.3g}"])

@@ -167,6 +167,19 @@ def test_stronger_settings_keep_the_other_declared_fields_and_try_two_defenses_w
     assert audit.stronger_settings({"defense": {}, "stronger": 0}) == {}
 
 
+def test_the_defense_studys_least_leaking_setting_joins_the_table_once_published(tmp_path, monkeypatch):
+    verdicts = tmp_path / "verdicts.json"
+    monkeypatch.setattr(audit, "DEFENSE_VERDICTS", str(verdicts))
+    assert "least_leaking" not in audit.stronger_settings({"defense": {}, "stronger": 1})   # not published yet
+    verdicts.write_text(json.dumps([
+        {"budget": 1.0, "suite": "oracle_free", "least": "dropout", "setting": {"dropout_rate": 0.5}},
+        {"budget": 2.0, "suite": "ignorant", "least": "dropout", "setting": {"dropout_rate": 0.75}},
+        {"budget": 2.0, "suite": "oracle_free", "least": "soteria", "setting": {"soteria_pruning": 0.8}}]))
+    assert audit.stronger_settings({"defense": {}, "stronger": 1})["least_leaking"] == [{"soteria_pruning": 0.8}]
+    # already among the settings tried (here: declared): not tried twice
+    assert "least_leaking" not in audit.stronger_settings({"defense": {"soteria_pruning": 0.8}, "stronger": 1})
+
+
 def test_the_shipped_prior_is_used_only_where_it_fits():
     assert audit.prior_path({"prior": "auto"}, (32, 32, 3)) == audit.SHIPPED_PRIOR
     assert audit.prior_path({"prior": "auto"}, (64, 64, 3)) == ""

@@ -112,6 +112,8 @@ def test_defenses_smoke_runs_both_arms_of_every_family_and_reads_the_verdicts(tm
         assert all(r["status"] == "ok" for r in records) and all(r["attacker_knows"] for r in adapted)
     text = (tmp_path / "leakage_bs1.md").read_text()
     assert text.count("\n| bs1_") == 4 and text.count("Pruning best: ") == 6
+    found = json.loads((tmp_path / "verdicts.json").read_text())   # the same verdicts, machine-readable
+    assert len(found) == 6 and all(f"least leaking {v['least']} " in text for v in found)
     assert (tmp_path / "leakage_utility_bs1.png").stat().st_size > 0
     assert (tmp_path / "leakage_bs4.md").read_text().count("\n| bs4_") == 2
 
