@@ -240,10 +240,9 @@ def run(setup: dict, workdir: str) -> dict:
             changed = sorted(k for k in setup if k != "fail_above" and held.get(k) != setup[k])
             raise AuditError(f"{workdir} holds an audit of another setup (differs in {', '.join(changed)}); "
                              "use a new --workdir")
-    info = experiment.configured(experiment.STUDY_CONFIG, study_fields(setup, [setup["defense"]], prior="",
-                                                                     gipip=False))
-    from gipip_jax import assembly
-    image_shape = assembly.load_dataset(info.data, setup["split"]).info.image_shape
+    config = experiment.configured(experiment.STUDY_CONFIG, study_fields(setup, [setup["defense"]], prior="",
+                                                                       gipip=False))
+    image_shape = assembly.load_dataset(config.data, setup["split"]).info.image_shape
     prior = prior_path(setup, image_shape)
     _write_json(manifest_path, {"setup": setup})
     try:
