@@ -56,6 +56,26 @@ MAX_GRID_COLUMNS = 12
 STEERING = "‖λ_AS ∇AS‖ / ‖∇matching‖: end, peak (median over targets)"
 FAILURE_PSNR = summarize.FAILURE_PSNR
 SSIM_AUTHORS = "SSIM (authors', zero-padded)"
+NOISE_FLOOR = "benchmarks/results/chaos.json"   # the published rounding measurement (benchmarks/chaos.py)
+
+
+def noise_floor(iterations: int, path: str | None = None) -> str | None:
+    """A sentence on float rounding's per-target PSNR spread at the measured budget nearest
+    `iterations` (benchmarks/chaos.py), or None while none is published."""
+    from gipip_jax.assembly import resolve_path
+
+    path = resolve_path(path or NOISE_FLOOR)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        budgets = json.load(f)["budgets"]
+    nearest = min(budgets, key=lambda b: abs(int(b) - iterations))
+    s = budgets[nearest]["abs_delta_psnr"]
+    return (f"Noise floor: float rounding alone (the same attacks at another engine width, benchmarks/chaos.py, "
+            f"IG on the untrained ConvNet at {int(nearest):,} iterations) moves one target's PSNR by a median "
+            f"{s['median']:.2f} dB (90th percentile {s['p90']:.2f}, max {s['max']:.2f}); a paired difference "
+            "is only worth reading where it stands clear of that, and two runs replay each other bit for bit "
+            "only with the same plan (W/plan.json, engine.plan).")
 
 
 class ReportError(ValueError):
@@ -372,6 +392,9 @@ def build(workdir: str) -> dict:
                         + (f" The paper's SSIM values are the authors' zero-padded SSIM: compare them with {SSIM_AUTHORS}, "
                            "not dm-pix SSIM." if manifest.get("paper") else "")))
     blocks += [("h2", "Results"), ("table", (header, rows))] + [("p", n) for n in notes]
+    floor = noise_floor(max(r.get("iterations", 0) for r in records)) if paired else None
+    if floor:
+        blocks.append(("p", floor))
     if compared:
         blocks += [("h2", "Verdict"),
                    ("p", f"Per arm against {baseline_name(manifest)}: gain / loss when the 95 % bootstrap CI of the "

@@ -228,3 +228,15 @@ def test_where_selects_arms_so_one_studys_ig_arm_is_the_baseline_of_both_studies
     (tmp_path / "experiment.json").write_text(json.dumps(manifest))
     with pytest.raises(report.ReportError, match="where"):
         report.load(str(tmp_path))
+
+
+def test_the_noise_floor_sentence_reads_the_nearest_measured_budget(tmp_path, monkeypatch):
+    measured = tmp_path / "chaos.json"
+    spread = lambda m: {"abs_delta_psnr": {"median": m, "mean": m, "p90": 2 * m, "max": 3 * m}}
+    measured.write_text(json.dumps({"budgets": {"1000": spread(0.5), "10000": spread(1.25)}}))
+    assert "1,000 iterations) moves one target's PSNR by a median 0.50 dB (90th percentile 1.00, max 1.50)" in \
+        report.noise_floor(2000, str(measured))
+    assert "a median 1.25 dB" in report.noise_floor(8000, str(measured))
+    assert report.noise_floor(1000, str(tmp_path / "none.json")) is None
+    monkeypatch.setattr(report, "NOISE_FLOOR", str(measured))
+    assert "a median 0.50 dB" in report.noise_floor(500)
