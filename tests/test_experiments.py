@@ -67,6 +67,26 @@ def test_as_claim_smoke_pairs_arms_and_plots_the_traces(tmp_path):
 
 
 @pytest.mark.slow
+def test_three_priors_smoke_attacks_the_same_targets_with_every_prior_trained_on_the_same_images(tmp_path):
+    """issue 31's three-prior table: LTI, GI-PIP and the GAN prior from the same 256 auxiliary images,
+    IG, LTI alone and LTI + IG on the same targets, each arm paired against IG."""
+    _driver("three_priors").run("smoke", str(tmp_path))
+    targets = None
+    for arm in ("ig", "gipip", "gan", "lti", "lti_ig"):
+        records = read_records(os.path.join(tmp_path, "studies", arm, "results.jsonl"))
+        assert len(records) == 2 and all(r["status"] == "ok" for r in records)
+        found = sorted(tuple(r["target_indices"]) for r in records)
+        assert targets in (None, found)
+        targets = found
+    lti = read_records(os.path.join(tmp_path, "studies", "lti", "results.jsonl"))
+    assert {r["attack"] for r in lti} == {"lti:lti"} and lti[0]["inverter"]["aux_count"] == 256
+    gan = json.loads((tmp_path / "priors" / "gan" / "gan" / "metadata.json").read_text())
+    ae = json.loads((tmp_path / "priors" / "ae" / "ae" / "metadata.json").read_text())
+    assert gan["aux_count"] == ae["aux_count"] == 256 and gan["aux_seed"] == ae["aux_seed"] == 0
+    assert (tmp_path / "report.md").read_text().count("against IG on 2 paired targets") == 4
+
+
+@pytest.mark.slow
 def test_as_map_smoke_trains_aes_to_targets_and_reports_both_parts(tmp_path):
     """issue 34's driver: AEs stopped at a target held-out error, one GI-PIP study per AE on IG's
     batches and keys, the two pre-specified contrasts, and the batch-size table."""

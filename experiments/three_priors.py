@@ -1,0 +1,116 @@
+"""The three learned-prior families at equal auxiliary data, on the same targets (issue 31, part 1):
+Learning to Invert (a network from the update to the image), GI-PIP (an AE's anomaly score) and a GAN
+prior, next to Inverting Gradients. Design fixed before its first attack.
+
+    python experiments/three_priors.py VARIANT [WORKDIR]      (default WORKDIR runs/three_priors_VARIANT)
+
+Setting: the untrained ConvNet (Flax init, seed 0: the victim the LTI network is trained for), FedSGD,
+bs 1, no defense, given labels; CIFAR-10 TEST images, batch numbers 0–15 of the unique-label partition
+(never auxiliary images, which come from train), the same keys for every arm. Every prior learns from
+the same auxiliary images: 5 % of CIFAR-10 train (the 2,500 images of the shipped AE and GAN,
+experiments/configs/ae_cifar10.py) in `cpu`; all of train but 1,000 held out (LTI's own amount) in
+`full`, where the AE and the GAN are trained on that too.
+
+Arms (one study each, W/studies/NAME):
+  ig       cosine + TV 1e-6, Adam 0.1, step schedule, ITER iterations
+  gipip    the same + AS with the MSE/Adam AE, λ_AS 1e-2 (the bs-1 weight where AS carries a real share
+           of the step: as_claim part b)
+  gan      the GAN prior (latent, then generator-weight search), ITER iterations
+  lti      the LTI network's output alone (0 iterations)
+  lti_ig   LTI's output, then ITER iterations of IG from it
+PRIMARY ENDPOINT: per arm, paired ΔPSNR against IG over the 16 targets, 95 % percentile bootstrap CI
+(10,000 resamples, seed 0), Wilcoxon p with Holm over the 4 arms (W/report.md, baseline IG); beside it
+SSIM, LPIPS and the image grid.
+
+Budget on the 2-core CPU (cpu: ITER 2,000): LTI training (inverter_cifar10.py:cpu) ~1.6 h; ig, gipip
+and lti_ig 3 x 16 x 2,000 = 96k attack-steps at ~60/s, ~30 min; gan 32k generator steps, ~30 min; in
+all ~2.7 CPU hours, resumable. `full`: 10,000 iterations and the priors on all of train: for a GPU.
+
+Variants:
+  smoke  tiny victim, 32 px, 256 auxiliary images (inverter_cifar10.py:smoke; AE and GAN trained a
+         few steps on the same images), 2 targets, 10 iterations (tested in CI)
+  cpu    as above, ITER 2,000, the shipped AE and GAN (5 %)
+  full   ITER 10,000, every prior trained on all of train (not run yet: no GPU lent)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from gipip_jax import experiment, jobs
+
+INVERTER_CONFIG = "experiments/configs/inverter_cifar10.py"
+MSE_AE = "experiments/checkpoints/ae_cifar10_aux5"
+GAN = "experiments/checkpoints/gan_cifar10_aux5"
+AS_WEIGHT = 1e-2
+ARMS = ("ig", "gipip", "gan", "lti", "lti_ig")
+
+VARIANTS = {
+    "smoke": dict(inverter="smoke", victim="convnet_tiny", targets=2, iterations=10, lpips=None,
+                  train=dict(count=256, heldout=64, ae_steps=16, gan_steps=4),
+                  engine={"engine.strategy": "unroll", "engine.attacks_per_device": 2, "engine.chunk_size": 5,
+                          "engine.checkpoint_every": 10}),
+    "cpu": dict(inverter="cpu", victim="convnet", targets=16, iterations=2000, lpips="alexnet", train=None,
+                engine={"engine.chunk_size": 50, "engine.checkpoint_every": 500}),
+    "full": dict(inverter="full", victim="convnet", targets=16, iterations=10_000, lpips="alexnet",
+                 train=dict(fraction=1.0, heldout=1000, ae_steps=150 * 49_000 // 16, gan_steps=40_000),
+                 engine={"engine.chunk_size": 200, "engine.checkpoint_every": 2000}),
+}
+
+
+def priors(v: dict, workdir: str) -> dict[str, str]:
+    """{"ae", "gan", "inverter": checkpoint}: trained on the variant's auxiliary images (the shipped
+    AE and GAN for `cpu`); the inverter always in W/priors/inverter."""
+    folder = os.path.join(workdir, "priors", "inverter")
+    if not os.path.exists(os.path.join(folder, "inverter")):
+        jobs.train_inverter(experiment.configured(f"{INVERTER_CONFIG}:{v['inverter']}", {}), folder)
+    out = {"inverter": os.path.join(folder, "inverter")}
+    t = v["train"]
+    if t is None:
+        return {**out, "ae": MSE_AE, "gan": GAN}
+    amount = {"count": t["count"]} if "count" in t else {"fraction": t["fraction"]}
+    out["ae"] = experiment.train_prior(workdir, "ae", dataset="cifar10", image_size=None, steps=t["ae_steps"],
+                                       heldout_count=t["heldout"], **amount)
+    out["gan"] = experiment.train_gan(workdir, "gan", dataset="cifar10", image_size=None, steps=t["gan_steps"],
+                                      **amount)
+    return out
+
+
+def arm_fields(v: dict, arm: str, paths: dict[str, str]) -> tuple[str, dict]:
+    """(study config, dotted fields) of one arm."""
+    fields = {"data.name": "cifar10", "data.split": "test",
+              "targets.starts": list(range(v["targets"])), "victim.name": v["victim"],
+              "attack.iterations": v["iterations"], "grid.tv_weight": [1e-6], "grid.as_weight": [0.0],
+              "metrics.lpips_net": v["lpips"], **v["engine"]}
+    if arm == "gipip":
+        return experiment.STUDY_CONFIG, {**fields, "prior.checkpoint": paths["ae"], "grid.as_weight": [AS_WEIGHT]}
+    if arm == "gan":
+        return experiment.STUDY_GAN_CONFIG, {**fields, "gan.checkpoint": paths["gan"]}
+    if arm in ("lti", "lti_ig"):
+        return "experiments/configs/study_lti_cifar10.py", {
+            **fields, "inverter.checkpoint": paths["inverter"], "attack.iterations": 0 if arm == "lti" else v["iterations"]}
+    return experiment.STUDY_CONFIG, fields
+
+
+def run(name: str, workdir: str) -> dict:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    v = VARIANTS[name]
+    paths = priors(v, workdir)
+    studies = []
+    for arm in ARMS:
+        spec, fields = arm_fields(v, arm, paths)
+        experiment.run_study(workdir, arm, fields, spec)
+        studies.append({"dir": f"studies/{arm}", "series": "IG" if arm == "ig" else arm})
+    notes = [f"{kind}: {path}" for kind, path in paths.items()]
+    return experiment.finish(workdir, {
+        "title": f"Three prior families at equal auxiliary data: LTI, GI-PIP, GAN prior against IG ({name})",
+        "description": "Untrained ConvNet (Flax init, seed 0), bs 1, no defense, given labels, CIFAR-10 test "
+                       "targets; every prior learned from the same auxiliary images.",
+        "command": f"python experiments/three_priors.py {name} {workdir}", "baseline": "IG", "x_label": "arm",
+        "studies": studies, "notes": notes})
+
+
+if __name__ == "__main__":
+    sys.exit(experiment.main(run, __doc__, "three_priors", sys.argv[1:]))
