@@ -279,9 +279,9 @@ def table(manifest: dict, groups: dict, compared: dict | None = None) -> tuple[l
     notes = ["† these records predate ssim_padded: the SSIM difference is dm-pix SSIM, not the authors' "
              "(not comparable with the paper's values)."] if fallback else []
     if show_steering:
-        notes.append(f"{STEERING}: how much the anomaly-score prior steers the step — per target the ratio of "
-                     "the two gradient norms (w.r.t. the image) at the last trace point and at its largest; "
-                     "well below 1 means the matching term decides the step.")
+        notes.append(f"{STEERING}: the anomaly-score prior's share of the step's gradient — per target the ratio "
+                     "of the two gradient norms (w.r.t. the image) at the last trace point and at its largest; "
+                     "well below 1 means the matching term dominates the step's gradient.")
     return header, rows, notes
 
 
