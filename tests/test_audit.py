@@ -196,3 +196,22 @@ def test_the_audit_report_renders_in_chromium_with_every_image_loaded(audited):
     png = root / "report.png"
     assert html_check.check(str(root / "w" / "report.html"), str(png)) == []
     assert png.exists() and not html_check.blank(str(png))
+
+
+def test_the_setup_becomes_study_fields_in_a_users_words():
+    setup = {"seed": 0, "data": "cifar10", "split": "test", "image_size": None, "data_dir": None, "targets": 4,
+             "batch_size": 4, "model": "convnet", "checkpoint": "", "init": "torch", "init_seed": 1,
+             "iterations": 100, "fl": "fedavg", "local_steps": 5, "local_lr": 0.01, "clients": 3,
+             "set": ["engine.chunk_size=25"], "defense": {"noise_std": 0.01}}
+    fields = audit.study_fields(setup, [setup["defense"]], prior=audit.SHIPPED_PRIOR, gipip=True)
+    assert fields["attack.labels"] == "bias_count" and fields["grid.tv_weight"] == [1e-5]
+    assert fields["grid.as_weight"] == [0.0, audit.AS_WEIGHT] and fields["grid.adaptive"] == [False, True]
+    assert (fields["threat.kind"], fields["threat.local_steps"], fields["threat.local_lr"], fields["threat.clients"]) \
+        == ("fedavg", 5, 0.01, 3)
+    assert fields["grid.noise_std"] == [0.01] and fields["engine.chunk_size"] == 25
+    assert fields["targets.starts"] == [0, 1, 2, 3] and fields["victim.init_seed"] == 1
+    undefended = audit.study_fields({**setup, "batch_size": 1, "defense": {}}, [{}], prior="", gipip=True)
+    assert undefended["attack.labels"] == "idlg" and undefended["grid.as_weight"] == [0.0]
+    assert undefended["grid.adaptive"] == [False]
+    with pytest.raises(audit.AuditError, match="differ in more than one field"):
+        audit.study_fields(setup, [{"noise_std": 0.01}, {"prune_sparsity": 0.9}], prior="", gipip=False)
