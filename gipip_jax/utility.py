@@ -109,6 +109,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
         info = train_set.info
         victim = make_victim(config.victim.name, info.num_classes, info.image_shape, conv="native",
                              init=config.victim.get("init", "flax"))
+        for name, count, images in (("train_count", config.train_count, train_set),
+                                    ("eval_count", config.eval_count, test_set)):
+            if count > len(images.labels):
+                raise ValueError(f"{name} {count} exceeds the {len(images.labels)} images of {info.name}")
         x, y = train_set.take(np.arange(config.train_count))
         x_test, y_test = test_set.take(np.arange(config.eval_count))
     started = time.perf_counter()

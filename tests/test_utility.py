@@ -63,6 +63,10 @@ def test_noise_that_drowns_the_gradient_costs_accuracy_deterministically(fixture
 def test_bad_settings_and_caches_are_rejected(fixtures_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown defense fields"):
         utility.run(config(fixtures_dir, tmp_path, [{"noise": "gaussian", "std": 1.0}]), str(tmp_path))
+    too_many = config(fixtures_dir, tmp_path, [{}])
+    too_many.train_count = 13   # the tiny folder's train split has 12 images
+    with pytest.raises(ValueError, match="train_count 13 exceeds the 12 images of"):
+        utility.run(too_many, str(tmp_path / "many"))
     (tmp_path / utility.CACHE_FILE).write_text("[1, 2")
     with pytest.raises(ValueError, match="not valid JSON"):
         utility.run(config(fixtures_dir, tmp_path, [{}]), str(tmp_path))
