@@ -119,6 +119,8 @@ def setup_of(args: argparse.Namespace) -> dict:
                              f"{', '.join(defenses.DEFENSE_DEFAULTS)}")
         defense[key] = configs.parse_value(text)
     defenses.parse(defense)   # a bad value: one line naming the field
+    if args.utility:
+        configs.load_config(args.utility)   # a missing or broken config: one line before any attack
     fail = parse_threshold(args.fail_above) if args.fail_above else None
     return {"model": args.model, "checkpoint": args.checkpoint, "init": args.init, "init_seed": args.init_seed,
             "data": args.data, "split": args.split, "image_size": args.image_size, "data_dir": args.data_dir,

@@ -130,6 +130,7 @@ def test_a_model_that_breaks_label_recovery_is_one_line_and_leaves_no_workdir(fi
     (["--fail-above", "recognisable=2"], "--fail-above recognisable is a share in [0, 1]"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--iterations", "-5"], "--iterations must be >= 0"),
+    (["--utility", "no/such/config.py"], "config file 'no/such/config.py' does not exist"),
 ])
 def test_bad_flags_are_one_line_before_anything_is_made(fixtures_dir, tmp_path, capsys, bad, message):
     w = tmp_path / "w"
