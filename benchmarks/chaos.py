@@ -49,6 +49,8 @@ def fields(iterations: int, width: int, targets: int, overrides: list[str]) -> d
 def spread(psnr_by_width: dict[int, dict[tuple, float]]) -> dict:
     """Per-target |ΔPSNR| over every pair of widths, and the per-width means, over the targets all have."""
     common = sorted(set.intersection(*(set(v) for v in psnr_by_width.values())))
+    if not common:
+        raise ValueError("no target has an ok attack at every width: nothing to compare")
     differences = np.asarray([abs(psnr_by_width[a][t] - psnr_by_width[b][t])
                               for a, b in itertools.combinations(sorted(psnr_by_width), 2) for t in common])
     means = {w: float(np.mean([v[t] for t in common])) for w, v in psnr_by_width.items()}
@@ -93,5 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """main, with bad input (a config field, data, a plan) as one line and exit status 2."""
+    from gipip_jax import cli
+
+    try:
+        return main(argv)
+    except cli.input_errors() as error:
+        return cli.fail(error)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -53,6 +53,7 @@ DELTA = 1e-5
 FAIL_METRICS = {"median_psnr": "median PSNR (dB)", "max_psnr": "worst-case PSNR (dB)",
                 "recognisable": "share of images recognisable"}
 WORST_SHOWN = 8
+RERUN_FREE = ("fail_above", "utility", "stronger")   # setup fields a rerun in the same W may change
 
 
 class AuditError(ValueError):
@@ -119,8 +120,9 @@ def setup_of(args: argparse.Namespace) -> dict:
                              f"{', '.join(defenses.DEFENSE_DEFAULTS)}")
         defense[key] = configs.parse_value(text)
     defenses.parse(defense)   # a bad value: one line naming the field
-    if args.utility:
-        configs.load_config(args.utility)   # a missing or broken config: one line before any attack
+    if args.utility:   # a missing or broken config: one line before any attack
+        utility_config({"model": args.model, "init": args.init, "data": args.data, "image_size": args.image_size,
+                        "data_dir": args.data_dir, "utility": args.utility}, [{}])
     fail = parse_threshold(args.fail_above) if args.fail_above else None
     return {"model": args.model, "checkpoint": args.checkpoint, "init": args.init, "init_seed": args.init_seed,
             "data": args.data, "split": args.split, "image_size": args.image_size, "data_dir": args.data_dir,
@@ -166,6 +168,7 @@ def stronger_settings(setup: dict) -> dict[str, list[dict]]:
     else:
         entry = {"name": family, **defenses.parse(setup["defense"]).fields}
         out = {family: [{**setup["defense"], **s} for s in defenses.REGISTRY[family].stronger(entry)[:setup["stronger"]]]}
+    out = {name: group for name, group in out.items() if group}   # a declared setting at the top of its ladder
     least = least_leaking()
     if least is not None and strongest.defense_key(least) not in {strongest.defense_key(s) for group in out.values() for s in group} \
             | {strongest.defense_key(setup["defense"])}:
@@ -199,7 +202,8 @@ def prior_path(setup: dict, image_shape) -> str:
 def study_fields(setup: dict, settings: list[dict], *, prior: str, gipip: bool) -> dict:
     """Dotted study-config fields of one audit study: `settings` (flat defense settings, differing in
     one field at most) on the setup's targets, with IG (+ GI-PIP when `gipip` and a prior), ignorant
-    and, where a setting turns a defense on, defense-aware."""
+    and, where a setting turns a defense on, defense-aware. Every study names the prior, so targets
+    from the AE's own split skip its auxiliary images in every study alike."""
     from gipip_jax import defenses
 
     grid = {}
@@ -215,7 +219,7 @@ def study_fields(setup: dict, settings: list[dict], *, prior: str, gipip: bool) 
               "data.image_size": setup["image_size"], "data.data_dir": setup["data_dir"],
               "targets.starts": list(range(setup["targets"])), "targets.batch_size": bs,
               "victim.name": setup["model"], "victim.checkpoint": setup["checkpoint"], "victim.init": setup["init"],
-              "victim.init_seed": setup["init_seed"], "prior.checkpoint": prior if gipip else "",
+              "victim.init_seed": setup["init_seed"], "prior.checkpoint": prior,
               "attack.iterations": setup["iterations"], "attack.labels": "idlg" if bs == 1 else "bias_count",
               "threat.kind": setup["fl"], "threat.local_steps": setup["local_steps"],
               "threat.local_lr": setup["local_lr"], "threat.clients": setup["clients"],
@@ -238,8 +242,8 @@ def run(setup: dict, workdir: str) -> dict:
     if os.path.exists(manifest_path):
         with open(manifest_path) as f:
             held = json.load(f)["setup"]
-        if {k: v for k, v in held.items() if k != "fail_above"} != {k: v for k, v in setup.items() if k != "fail_above"}:
-            changed = sorted(k for k in setup if k != "fail_above" and held.get(k) != setup[k])
+        changed = sorted(k for k in setup if k not in RERUN_FREE and held.get(k) != setup[k])
+        if changed:
             raise AuditError(f"{workdir} holds an audit of another setup (differs in {', '.join(changed)}); "
                              "use a new --workdir")
     config = experiment.configured(experiment.STUDY_CONFIG, study_fields(setup, [setup["defense"]], prior="",
@@ -250,7 +254,7 @@ def run(setup: dict, workdir: str) -> dict:
     try:
         studies = {"declared": experiment.run_study(workdir, "declared", study_fields(
             setup, [setup["defense"]], prior=prior, gipip=True))}
-    except ValueError:   # bad input met building the first study (say, the model): nothing of this setup is kept
+    except Exception:   # bad input met building the first study (the model, a checkpoint): nothing of it is kept
         if not os.path.exists(os.path.join(workdir, "studies", "declared", "results.jsonl")):
             os.remove(manifest_path)
         raise
@@ -267,15 +271,20 @@ def run(setup: dict, workdir: str) -> dict:
 def measure_utility(setup: dict, workdir: str) -> dict[str, dict]:
     """{defense key: utility record} of the undefended, declared and stronger settings, trained by
     the `--utility` config on the audit's data and model (cached in W/utility/utility.json)."""
-    from gipip_jax import experiment, strongest, utility
+    from gipip_jax import strongest, utility
 
     settings = [{}, setup["defense"], *[s for group in stronger_settings(setup).values() for s in group]]
-    config = experiment.configured(setup["utility"], {"data.name": setup["data"], "data.image_size": setup["image_size"],
-                                                      "data.data_dir": setup["data_dir"],
-                                                      "victim.name": setup["model"], "victim.init": setup["init"],
-                                                      "settings": settings})
-    records = utility.run(config, os.path.join(workdir, "utility"))
+    records = utility.run(utility_config(setup, settings), os.path.join(workdir, "utility"))
     return {strongest.defense_key(r["defense"]): r for r in records}
+
+
+def utility_config(setup: dict, settings: list[dict]):
+    """The --utility config on the audit's data and model with `settings`, schema-checked."""
+    from gipip_jax import experiment
+
+    return experiment.configured(setup["utility"], {"data.name": setup["data"], "data.image_size": setup["image_size"],
+                                                    "data.data_dir": setup["data_dir"], "victim.name": setup["model"],
+                                                    "victim.init": setup["init"], "settings": settings})
 
 
 def leakage_cells(study_dir: str) -> dict[str, dict]:
@@ -335,9 +344,12 @@ def summarize_audit(setup: dict, studies: dict[str, str], costs: dict[str, dict]
             undefended, own = costs.get(strongest.defense_key({})), costs.get(key)
             row["accuracy"] = None if own is None else own["eval_acc"]
             row["accuracy_drop"] = None if own is None or undefended is None else undefended["eval_acc"] - own["eval_acc"]
-            row["dp_epsilon"] = own.get("dp_epsilon") if own else dp_epsilon(setup, json.loads(key))
+            row["dp_epsilon"] = dp_epsilon(setup, json.loads(key))   # the user's training, not the utility run's
             rows.append(row)
-    declared = next(r for r in rows if r["study"] == "declared" and strongest.defense_key(r["defense"]) == declared_key)
+    declared = next((r for r in rows if r["study"] == "declared" and strongest.defense_key(r["defense"]) == declared_key),
+                    None)
+    if declared is None:
+        raise AuditError(f"no attack on the declared setup ended ok (see {studies['declared']}/results.jsonl)")
     return {"declared": declared, "stronger": [r for r in rows if r is not declared], "gipip": bool(prior),
             "prior": prior}
 
@@ -443,7 +455,7 @@ def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: di
     eps = d["dp_epsilon"]
     if defenses.parse(setup["defense"]).fields["dp_clip_norm"]:
         blocks.append(("p", f"DP-SGD: ε = {eps:.3g} at δ = {DELTA:g} (RDP accountant, Poisson sampling assumed)"
-                       if eps is not None else "DP-SGD: ε not computed; pass --train-size and --epochs (or --utility)."))
+                       if eps is not None else "DP-SGD: ε not computed; pass --train-size and --epochs."))
     caption = worst_cases(leakage_cells(studies["declared"])[strongest.defense_key(setup["defense"])],
                           studies["declared"], os.path.join(folder, "worst_cases.png"))
     blocks.append(("h2", "Worst cases"))

@@ -220,15 +220,22 @@ def quiet_libraries():
     if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
         yield
         return
-    loggers, drop, hook = [logging.getLogger(name) for name in ("absl", "asyncio")], lambda record: False, \
-        sys.unraisablehook
+    loggers, hook = [logging.getLogger(name) for name in ("absl", "asyncio")], sys.unraisablehook
     for logger in loggers:
-        logger.addFilter(drop)
-    sys.unraisablehook = lambda unraisable: None
+        logger.addFilter(_drop)   # once per logger however often blocks nest or repeat (Filterer ignores a twin)
+    sys.unraisablehook = _ignore
     yield   # an error in the block propagates from here and leaves the libraries quiet
     for logger in loggers:
-        logger.removeFilter(drop)
+        logger.removeFilter(_drop)
     sys.unraisablehook = hook
+
+
+def _drop(record) -> bool:
+    return False
+
+
+def _ignore(unraisable) -> None:
+    pass
 
 
 def leave(status: int) -> int:

@@ -166,6 +166,7 @@ def test_stronger_settings_keep_the_other_declared_fields_and_try_two_defenses_w
     none = audit.stronger_settings({"defense": {}, "stronger": 1})
     assert set(none) == set(audit.UNDEFENDED_OPTIONS) and all(len(v) == 1 for v in none.values())
     assert audit.stronger_settings({"defense": {}, "stronger": 0}) == {}
+    assert audit.stronger_settings({"defense": {"noise_std": 1.0}, "stronger": 2}) == {}   # the ladder's top
 
 
 def test_the_defense_studys_least_leaking_setting_joins_the_table_once_published(tmp_path, monkeypatch):

@@ -37,3 +37,12 @@ def test_chaos_reports_the_per_target_spread_of_the_records_across_widths(tmp_pa
     assert result["abs_delta_psnr"]["median"] == pytest.approx(float(np.median(differences)))
     assert result["largest_mean_difference"] == pytest.approx(
         abs(np.mean(list(psnr[1].values())) - np.mean(list(psnr[3].values()))))
+
+
+@pytest.mark.slow
+def test_bad_input_is_one_line_and_status_2(tmp_path, folder, capsys):
+    chaos = _chaos()
+    sets = [f"--set={a.removeprefix('--set=')}" for a in folder] + ["--set=victim.name=nosuch"]
+    assert chaos.run(["--workdir", str(tmp_path), "--iterations", "5", "--targets", "2", *sets]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gipip-jax: error: unknown victim 'nosuch'")

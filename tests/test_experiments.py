@@ -99,10 +99,12 @@ def test_as_map_smoke_trains_aes_to_targets_and_reports_both_parts(tmp_path):
     for name in aes:
         records = read_records(os.path.join(tmp_path, "studies", f"dose_{name}", "results.jsonl"))
         assert {tuple(r["target_indices"]) for r in records} == batches and len(batches) == 2
+    assert summary["dose_verdict"] == ["- Verdict: undecided at n = 2 (error contrast: too few targets; recipe "
+                                       "contrast: too few targets)."]
     dose = (tmp_path / "dose_response.md").read_text()
     assert "GI-PIP with mse_c − GI-PIP with mse_2c" in dose and "Verdict: undecided at n = 2" in dose
     sizes = (tmp_path / "batch_size.md").read_text()
-    assert "| 1 | 0.1 |" in sizes and "| 2 | 0.1 |" in sizes and (tmp_path / "batch_size" / "report.md").exists()
+    assert "| 1 | 0.1 |" in sizes and "| 2 | 0.1 |" in sizes and "GI-PIP with bce_c − GI-PIP with mse_c" in dose and (tmp_path / "batch_size" / "report.md").exists()
 
 
 def test_driver_bad_input_is_one_error_line_and_leaves_no_workdir(tmp_path, monkeypatch, capsys):
