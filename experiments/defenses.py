@@ -66,7 +66,7 @@ import sys
 
 import numpy as np
 
-from gipip_jax import defenses, experiment, paired, strongest, utility
+from gipip_jax import defenses, experiment, paired, strongest, study, utility
 from gipip_jax.results import read_records
 
 UTILITY_CONFIG = "experiments/configs/utility_cifar10.py"
@@ -185,15 +185,6 @@ def families(v: dict) -> dict[str, list[dict]]:
     return out
 
 
-def grid_of(chosen: list[dict]) -> dict[str, list]:
-    """The study grid fields (dotted) whose product is exactly the settings `chosen`, which differ in at most one field."""
-    fields = list(dict.fromkeys(f for s in chosen for f in s))
-    grid = {f"grid.{f}": list(dict.fromkeys(s.get(f, defenses.DEFENSE_DEFAULTS[f]) for s in chosen)) for f in fields}
-    if np.prod([len(values) for values in grid.values()] or [1]) != len(chosen):
-        raise ValueError(f"settings {chosen} are not one field at a time")
-    return grid
-
-
 def study_fields(v: dict, batch_size: int, tv: float) -> dict:
     a = v["attacks"]
     return {"data.name": "cifar10", "data.split": "train", "data.image_size": a["image_size"],
@@ -207,7 +198,7 @@ def run_bs1(v: dict, workdir: str) -> list[str]:
     """Stage 2: the bs-1 study of every family, run (or resumed) in W/studies; their directories."""
     names = []
     for family, chosen in families(v).items():
-        fields = {**study_fields(v, 1, 1e-6), **grid_of(chosen),
+        fields = {**study_fields(v, 1, 1e-6), **study.defense_grid(chosen),
                   "grid.adaptive": [False] if family in ("none", *NO_ADAPTIVE_ARM) else [False, True]}
         names.append(experiment.run_study(workdir, f"bs1_{slug(family)}", fields))
     return names
@@ -220,7 +211,7 @@ def run_bs4(v: dict, workdir: str, by_setting: dict[str, list[dict]]) -> list[st
         if family not in v.get("bs4_families", (family,)):
             continue
         pick = [bs4_setting(family, chosen, by_setting)]
-        fields = {**study_fields(v, 4, 1e-5), **grid_of(pick),
+        fields = {**study_fields(v, 4, 1e-5), **study.defense_grid(pick),
                   "grid.adaptive": [False] if family in ("none", *NO_ADAPTIVE_ARM) else [False, True]}
         names.append(experiment.run_study(workdir, f"bs4_{slug(family)}", fields))
     return names

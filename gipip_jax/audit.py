@@ -204,15 +204,8 @@ def study_fields(setup: dict, settings: list[dict], *, prior: str, gipip: bool) 
     one field at most) on the setup's targets, with IG (+ GI-PIP when `gipip` and a prior), ignorant
     and, where a setting turns a defense on, defense-aware. Every study names the prior, so targets
     from the AE's own split skip its auxiliary images in every study alike."""
-    from gipip_jax import defenses
+    from gipip_jax import defenses, study
 
-    grid = {}
-    for s in settings:
-        for field, value in defenses.parse(s).fields.items():
-            if value not in grid.setdefault(field, []):
-                grid[field].append(value)
-    if np.prod([len(v) for v in grid.values()]) != len(settings):
-        raise AuditError(f"settings {settings} differ in more than one field; an audit study varies one")
     aware = any(defenses.parse(s).updates or defenses.parse(s).steps for s in settings)
     bs = setup["batch_size"]
     fields = {"seed": setup["seed"], "data.name": setup["data"], "data.split": setup["split"],
@@ -225,7 +218,7 @@ def study_fields(setup: dict, settings: list[dict], *, prior: str, gipip: bool) 
               "threat.local_lr": setup["local_lr"], "threat.clients": setup["clients"],
               "grid.tv_weight": [TV_WEIGHTS.get(bs, 1e-5)], "grid.as_weight": [0.0, AS_WEIGHT] if gipip and prior else [0.0],
               "grid.adaptive": [False, True] if aware else [False],
-              **{f"grid.{field}": values for field, values in grid.items()}}
+              **study.defense_grid(settings)}
     for assignment in setup["set"]:
         key, _, text = assignment.partition("=")
         fields[key] = configs.parse_value(text)

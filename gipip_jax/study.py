@@ -170,6 +170,17 @@ def defense_of(setting: dict) -> dict:
     return {f: setting[f] for f in defenses.DEFENSE_DEFAULTS}
 
 
+def defense_grid(settings: list[dict]) -> dict[str, list]:
+    """The dotted study-grid fields ({"grid.noise_std": [...], ...}) whose product is exactly the flat
+    defense `settings`, which must differ in at most one field (else ValueError); fields no setting
+    names keep their defaults."""
+    fields = list(dict.fromkeys(f for s in settings for f in s))
+    grid = {f"grid.{f}": list(dict.fromkeys(s.get(f, defenses.DEFENSE_DEFAULTS[f]) for s in settings)) for f in fields}
+    if int(np.prod([len(values) for values in grid.values()] or [1])) != len(settings):
+        raise ValueError(f"defense settings {settings} are not one field at a time")
+    return grid
+
+
 class Study:
     """Everything a study's waves need, built once from the config."""
 

@@ -215,5 +215,5 @@ def test_the_setup_becomes_study_fields_in_a_users_words():
     undefended = audit.study_fields({**setup, "batch_size": 1, "defense": {}}, [{}], prior="", gipip=True)
     assert undefended["attack.labels"] == "idlg" and undefended["grid.as_weight"] == [0.0]
     assert undefended["grid.adaptive"] == [False]
-    with pytest.raises(audit.AuditError, match="differ in more than one field"):
+    with pytest.raises(ValueError, match="are not one field at a time"):
         audit.study_fields(setup, [{"noise_std": 0.01}, {"prune_sparsity": 0.9}], prior="", gipip=False)
