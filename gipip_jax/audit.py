@@ -228,7 +228,7 @@ def study_fields(setup: dict, settings: list[dict], *, prior: str, gipip: bool) 
 def run(setup: dict, workdir: str) -> dict:
     """Runs (or resumes) every study of the audit, the utility runs when asked, and writes the report;
     returns the summary (also W/audit.json's "summary")."""
-    from gipip_jax import assembly, experiment
+    from gipip_jax import assembly, experiment, report
 
     os.makedirs(workdir, exist_ok=True)
     manifest_path = os.path.join(workdir, "audit.json")
@@ -243,7 +243,7 @@ def run(setup: dict, workdir: str) -> dict:
                                                                        gipip=False))
     image_shape = assembly.load_dataset(config.data, setup["split"]).info.image_shape
     prior = prior_path(setup, image_shape)
-    _write_json(manifest_path, {"setup": setup})
+    report.write_text(manifest_path, json.dumps({"setup": setup}, indent=2))
     try:
         studies = {"declared": experiment.run_study(workdir, "declared", study_fields(
             setup, [setup["defense"]], prior=prior, gipip=True))}
@@ -256,7 +256,7 @@ def run(setup: dict, workdir: str) -> dict:
             setup, settings, prior=prior, gipip=False))
     costs = measure_utility(setup, workdir) if setup["utility"] else {}
     summary = summarize_audit(setup, studies, costs, prior)
-    _write_json(manifest_path, {"setup": setup, "summary": summary})
+    report.write_text(manifest_path, json.dumps({"setup": setup, "summary": summary}, indent=2, default=float))
     write_report(setup, workdir, studies, summary)
     return summary
 
@@ -505,10 +505,3 @@ def main(args: argparse.Namespace) -> int:
         print(f"gipip-jax: audit: {message}", file=sys.stderr)
         return 1
     return 0
-
-
-def _write_json(path: str, value: dict) -> None:
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(value, f, indent=2, default=float)
-    os.replace(f"{path}.tmp", path)
-
