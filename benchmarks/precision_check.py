@@ -26,21 +26,10 @@ import shutil
 import sys
 import time
 
+from gipip_jax.results import read_records
+
 STUDY_CONFIG = "experiments/configs/study_cifar10.py"
 ARMS = ("tensorfloat32", "highest")
-
-
-def read_records(path: str) -> list[dict]:
-    """The records of a results.jsonl (a torn last line is skipped)."""
-    records = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-    return records
 
 
 def study_numbers(workdir: str) -> dict:
@@ -116,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     from gipip_jax import cli
+    from gipip_jax.workdir import write_text
 
     found = {"config": args.config, "set": args.set, "backend": jax.default_backend(),
              "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__, "arms": {}}
@@ -123,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         found.update(compare(found["arms"]))
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(found, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+        write_text(args.out, json.dumps(found, indent=1))
 
     status = 0
     for arm, workdir in reused.items():

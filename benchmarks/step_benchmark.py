@@ -48,6 +48,7 @@ import numpy as np
 
 from engine_throughput import Workload, one_attack, setup, time_plan
 from gipip_jax import attack, engine
+from gipip_jax.workdir import write_text
 
 # PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed CPU that collapses its
 # speed (measured at load ~9 on 2 cores: 238-1818 ms per ConvNet step with the default policy vs 54 ms
@@ -301,9 +302,7 @@ def main() -> None:
         if args.out:
             os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
             found = {"meta": meta, "checks": checks, "rows": rows, **({"errors": errors} if args.keep_going else {})}
-            with open(args.out + ".tmp", "w") as f:
-                json.dump(found, f, indent=1)
-            os.replace(args.out + ".tmp", args.out)
+            write_text(args.out, json.dumps(found, indent=1))
 
     def failed(where: dict, error: BaseException) -> None:
         if not args.keep_going:

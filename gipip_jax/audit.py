@@ -228,7 +228,8 @@ def study_fields(setup: dict, settings: list[dict], *, prior: str, gipip: bool) 
 def run(setup: dict, workdir: str) -> dict:
     """Runs (or resumes) every study of the audit, the utility runs when asked, and writes the report;
     returns the summary (also W/audit.json's "summary")."""
-    from gipip_jax import assembly, experiment, report
+    from gipip_jax import assembly, experiment
+    from gipip_jax.workdir import write_text
 
     os.makedirs(workdir, exist_ok=True)
     manifest_path = os.path.join(workdir, "audit.json")
@@ -243,7 +244,7 @@ def run(setup: dict, workdir: str) -> dict:
                                                                        gipip=False))
     image_shape = assembly.load_dataset(config.data, setup["split"]).info.image_shape
     prior = prior_path(setup, image_shape)
-    report.write_text(manifest_path, json.dumps({"setup": setup}, indent=2))
+    write_text(manifest_path, json.dumps({"setup": setup}, indent=2))
     try:
         studies = {"declared": experiment.run_study(workdir, "declared", study_fields(
             setup, [setup["defense"]], prior=prior, gipip=True))}
@@ -256,7 +257,7 @@ def run(setup: dict, workdir: str) -> dict:
             setup, settings, prior=prior, gipip=False))
     costs = measure_utility(setup, workdir) if setup["utility"] else {}
     summary = summarize_audit(setup, studies, costs, prior)
-    report.write_text(manifest_path, json.dumps({"setup": setup, "summary": summary}, indent=2, default=float))
+    write_text(manifest_path, json.dumps({"setup": setup, "summary": summary}, indent=2, default=float))
     write_report(setup, workdir, studies, summary)
     return summary
 
@@ -428,6 +429,7 @@ def worst_cases(summary_cell: dict, study_dir: str, path: str) -> str | None:
 def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: dict) -> dict:
     """W/report.md and W/report.html (+ W/report/worst_cases.png); returns their paths."""
     from gipip_jax import defenses, paired, report, strongest
+    from gipip_jax.workdir import write_text
 
     folder = os.path.join(workdir, "report")
     os.makedirs(folder, exist_ok=True)
@@ -475,8 +477,8 @@ def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: di
                      "the whole suite). Accuracy cost not measured: pass --utility CONFIG (a `gipip-jax utility` "
                      "config) to train the model under each setting.")]
     paths = {"markdown": os.path.join(workdir, "report.md"), "html": os.path.join(workdir, "report.html")}
-    report.write_text(paths["markdown"], report.markdown_page(blocks))
-    report.write_text(paths["html"], report.html_page(blocks[0][1], blocks))
+    write_text(paths["markdown"], report.markdown_page(blocks))
+    write_text(paths["html"], report.html_page(blocks[0][1], blocks))
     return paths
 
 

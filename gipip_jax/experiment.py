@@ -18,6 +18,7 @@ import time
 import ml_collections
 
 from gipip_jax import assembly, checkpoints, cli, configs, data, jobs, report, schema, study
+from gipip_jax.workdir import write_text
 
 AE_CONFIG = "experiments/configs/ae_cifar10.py"
 VICTIM_CONFIG = "experiments/configs/victim_cifar10.py"
@@ -147,9 +148,7 @@ def main(run, doc: str, name: str, argv: list[str]) -> int:
 def finish(workdir: str, manifest: dict) -> dict:
     """Writes W/experiment.json and builds the report; returns the report's paths."""
     path = os.path.join(workdir, "experiment.json")
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(f"{path}.tmp", path)
+    write_text(path, json.dumps(manifest, indent=2))
     paths = report.build(workdir)
     print(f"report: {paths['markdown']} ({len(paths['plots'])} plots, {len(paths['grids'])} grids)")
     return paths

@@ -50,6 +50,7 @@ from gipip_jax import results, summarize
 from gipip_jax.paired import MIN_TARGETS, RESAMPLES, SEED, SIGNIFICANCE, failure_rate, format_delta, format_tested, verdict
 from gipip_jax.report_plots import (METRICS, cell_stats, hashable, plot_gap, plot_grad_norms, plot_metric,
                                    save_labelled_grid, steering_share)
+from gipip_jax.workdir import write_text
 
 SERIES_NAMES = {"ig": "IG", "gipip": "GI-PIP", "gan": "GAN prior", "dip": "DIP + features"}
 MAX_GRID_COLUMNS = 12
@@ -419,13 +420,6 @@ def build(workdir: str) -> dict:
     write_text(paths["markdown"], markdown_page(blocks))
     write_text(paths["html"], html_page(manifest.get("title", "Report"), blocks))
     return paths
-
-
-def write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` whole or not at all (a temporary file, then a rename)."""
-    with open(f"{path}.tmp", "w") as f:
-        f.write(text)
-    os.replace(f"{path}.tmp", path)
 
 
 def markdown_page(blocks) -> str:

@@ -51,6 +51,7 @@ import orbax.checkpoint as ocp
 from gipip_jax import (adaptive, assembly, data, defenses, engine, metrics, report_plots, results,
                        summarize, threat_models)
 from gipip_jax import labels as label_lib
+from gipip_jax import workdir as work
 from gipip_jax.client import check_update_matches
 from gipip_jax.objectives import TERMS, make_objective, term_settings, terms_in_use
 from gipip_jax.victims import make_victim
@@ -300,17 +301,11 @@ class Study:
             source = "the config" if e.strategy != "auto" and e.attacks_per_device else "the rule of engine.choose_plan"
         self.log(f"plan: {plan.strategy} x{plan.attacks_per_device}/device on {devices} device(s), from {source}")
         if jax.process_index() == 0 and source != path:
-            _write_json(path, {**plan._asdict(), "fingerprint": self.fingerprint, "source": source,
-                               "candidates": table, "backend": jax.default_backend(), "device_kind": kind})
+            work.write_text(path, json.dumps(
+                {**plan._asdict(), "fingerprint": self.fingerprint, "source": source, "candidates": table,
+                 "backend": jax.default_backend(), "device_kind": kind}, indent=2, sort_keys=True, default=float))
         self._plan = plan
         return plan
-
-
-def _write_json(path: str, value: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=float)
-    os.replace(tmp, path)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -321,8 +316,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     run with workdir.Interrupted saying where, a full disk with workdir.DiskFull; either way
     results.jsonl keeps whole records and the last wave checkpoint stays, so the same command resumes.
     """
-    from gipip_jax import workdir as work
-
     e = config.engine
     if e.get("distributed"):
         # CPU collectives, timeouts, one-line errors; cluster auto-detection (SLURM, Open MPI, TPU
@@ -438,7 +431,7 @@ class Trace:
     def save(self, folder: str) -> None:
         """Written ahead of the wave's checkpoint; `load` drops rows past the checkpoint it resumes from."""
         os.makedirs(folder, exist_ok=True)
-        _write_json(os.path.join(folder, TRACE_FILE), {"rows": self.rows})
+        work.write_text(os.path.join(folder, TRACE_FILE), json.dumps({"rows": self.rows}, indent=2, sort_keys=True, default=float))
 
     def load(self, folder: str, chunks_run: int) -> None:
         path = os.path.join(folder, TRACE_FILE)
@@ -451,8 +444,6 @@ class Trace:
 def _run_wave(study, program, number, count, ids, padded, done, results_path, writer, where) -> list[dict]:
     """Runs (or resumes) wave `number`; `where` gets the wave and its step as it goes. A signal waits
     while a checkpoint or the wave's records are written (workdir.uninterrupted)."""
-    from gipip_jax.workdir import uninterrupted
-
     config, iterations = study.config, study.config.attack.iterations
     path = os.path.abspath(os.path.join(study.workdir, "state", f"wave_{number:05d}"))
     manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=1))
@@ -486,7 +477,7 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
         where["step"] = int(steps.min())
         trace.maybe_take(s, device_inputs, chunks * config.engine.chunk_size)
         if chunks % per_save == 0 and not engine.wave_finished(s, iterations):
-            with uninterrupted():
+            with work.uninterrupted():
                 if writer:   # before the checkpoint: a kill between the two must not leave a checkpoint without its trace
                     trace.save(path)
                 manager.save(chunks, args=ocp.args.StandardSave(s))
@@ -508,7 +499,7 @@ def _run_wave(study, program, number, count, ids, padded, done, results_path, wr
     manager.wait_until_finished()
     seconds = time.perf_counter() - start
     records = []
-    with uninterrupted():   # a signal waits for the wave's records and its checkpoint's removal
+    with work.uninterrupted():   # a signal waits for the wave's records and its checkpoint's removal
         if writer:
             os.makedirs(os.path.join(study.workdir, "reconstructions"), exist_ok=True)
             real = len(ids)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Mapping
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from gipip_jax import assembly, defenses, privacy, threat_models, training
 from gipip_jax.victims import Victim, make_victim
+from gipip_jax.workdir import write_text
 
 CACHE_FILE = "utility.json"
 
@@ -76,12 +76,10 @@ def read_cache(path) -> dict:
 
 
 def write_cache(path, cache: dict) -> None:
-    """Writes {key: record} atomically (temp file in the same directory, then rename)."""
+    """Writes {key: record} whole or not at all (workdir.write_text)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(cache, handle, indent=1, sort_keys=True)
-    os.replace(handle.name, path)
+    write_text(str(path), json.dumps(cache, indent=1, sort_keys=True))
 
 
 def dp_epsilon(defense: Mapping, train_count: int, batch_size: int, epochs: int, delta: float) -> float | None:

@@ -21,6 +21,8 @@ full disk) leaves W resumable and says so in one line.
   thread of a failed save), the asyncio logger and Python's unraisable-error hook print nothing,
   and after an error they stay quiet until the process ends, unless GIPIP_JAX_VERBOSE is set
   (not "" or "0").
+* Whole files: `write_text(path, text)` writes a file whole or not at all (a temporary file beside
+  it, then a rename; a failed write, a full disk say, leaves the old file and no temporary one).
 """
 
 from __future__ import annotations
@@ -171,6 +173,19 @@ def uninterrupted():
     if not _signals.critical and _signals.pending is not None:
         signum, _signals.pending = _signals.pending, None
         raise Interrupted(signum)
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` whole or not at all (`path`.tmp, then a rename over `path`)."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -202,6 +202,20 @@ def test_space_needed_counts_checkpoints_reconstructions_and_records(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
+def test_a_whole_file_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "plan.json"
+    workdir.write_text(str(path), "old")
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError):
+        workdir.write_text(str(path), "new")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+    monkeypatch.undo()
+    workdir.write_text(str(path), "new")
+    assert path.read_text() == "new"
+
+
 def test_a_real_full_tmpfs_is_one_line_without_library_noise(reference, tmp_path):
     """A 24 KB tmpfs as W (in a private mount namespace): the first checkpoint fills it, orbax's
     TensorStore error and its logged tracebacks become one line; the same command on a bigger
