@@ -67,10 +67,11 @@ def _learned_prior_fields(variant: dict, fields: dict) -> dict:
                                            pinned_engine=bool(variant["engine"]))
 
 
-def gan_arm(workdir: str, variant: dict, fields: dict, dataset: str, setup: dict, fraction: float, tag: str) -> dict:
-    """GIAS-style GAN prior trained on the same auxiliary fraction as the AE (issue 8)."""
+def gan_arm(workdir: str, variant: dict, fields: dict, dataset: str, setup: dict, fraction: float, tag: str,
+            heldout: int) -> dict:
+    """GIAS-style GAN prior trained on the same auxiliary images as the AE (issue 8)."""
     gan = experiment.train_gan(workdir, tag, dataset=dataset, image_size=setup["image_size"], fraction=fraction,
-                               steps=variant["learned_priors"]["gan_steps"])
+                               steps=variant["learned_priors"]["gan_steps"], heldout_count=heldout)
     experiment.run_study(workdir, f"{tag}_gan", {**_learned_prior_fields(variant, fields), "gan.checkpoint": gan},
                          spec=experiment.STUDY_GAN_CONFIG)
     return {"dir": f"studies/{tag}_gan", "x": 100 * fraction, "series": f"GAN prior ({NAMES[dataset]})"}
@@ -94,18 +95,18 @@ def run(name: str, workdir: str) -> dict:
         ig = f"{dataset}_ig"
         experiment.run_study(workdir, ig, {**fields, "grid.as_weight": [0.0], "prior.checkpoint": ""})
         studies.append({"dir": f"studies/{ig}", "x": None, "series": f"IG ({NAMES[dataset]})"})
+        heldout = 64 if name == "smoke" else 1000
         for fraction in variant["fractions"]:
             tag = f"{dataset}_aux{100 * fraction:g}"
             prior = experiment.train_prior(workdir, tag, dataset=dataset, image_size=setup["image_size"],
-                                           fraction=fraction, steps=variant["ae_steps"],
-                                           heldout_count=64 if name == "smoke" else 1000)
+                                           fraction=fraction, steps=variant["ae_steps"], heldout_count=heldout)
             meta = experiment.prior_metadata(prior)
             notes.append(f"AE {tag}: {meta['aux_count']} images, {meta['epochs']} epochs, held-out MSE "
                          f"{meta.get('heldout_mse', float('nan')):.4f} (c = {meta['as_offset']})")
             experiment.run_study(workdir, tag, {**fields, "grid.as_weight": [GIPIP_AS_WEIGHT], "prior.checkpoint": prior})
             studies.append({"dir": f"studies/{tag}", "x": 100 * fraction, "series": f"GI-PIP ({NAMES[dataset]})"})
             if variant.get("learned_priors"):
-                studies.append(gan_arm(workdir, variant, fields, dataset, setup, fraction, tag))
+                studies.append(gan_arm(workdir, variant, fields, dataset, setup, fraction, tag, heldout))
         if variant.get("learned_priors"):
             studies.append(dip_arm(workdir, variant, fields, dataset))
     manifest = {

@@ -46,14 +46,15 @@ def run(name: str, workdir: str) -> dict:
     v = VARIANTS[name]
     priors, gans, notes = {}, {}, []
     learned = v.get("learned_priors")
+    heldout = 64 if name == "smoke" else 1000
     for dataset in DATASETS:
         if learned:
             gans[dataset] = experiment.train_gan(workdir, f"{dataset}_{v['aux_count']}", dataset=dataset,
                                                  image_size=v["image_size"], count=v["aux_count"],
-                                                 steps=learned["gan_steps"])
+                                                 steps=learned["gan_steps"], heldout_count=heldout)
         priors[dataset] = experiment.train_prior(workdir, f"{dataset}_{v['aux_count']}", dataset=dataset,
                                                  image_size=v["image_size"], count=v["aux_count"],
-                                                 steps=v["ae_steps"], heldout_count=64 if name == "smoke" else 1000)
+                                                 steps=v["ae_steps"], heldout_count=heldout)
         meta = experiment.prior_metadata(priors[dataset])
         notes.append(f"AE on {DATASETS[dataset]}: {meta['aux_count']} images, held-out MSE on its own distribution "
                      f"{meta.get('heldout_mse', float('nan')):.4f} (c = {meta['as_offset']})")

@@ -22,9 +22,8 @@ PRIMARY ENDPOINT: per arm, paired ΔPSNR against IG over the 16 targets, 95 % pe
 (10,000 resamples, seed 0), Wilcoxon p with Holm over the 4 arms (W/report.md, baseline IG); beside it
 SSIM, LPIPS and the image grid.
 
-Known gap, to mend before `full` runs: at fraction 1.0 the three trainers draw "all of train but 1,000"
-differently (the AE holds out the end of a seed-0 draw, LTI a seed-1 draw, the GAN holds out none), so
-~2 % of the images differ; `cpu` and `smoke` use the same 2,500 / 256 images for all three.
+All three trainers draw their images with data.auxiliary_split (seed 0, the same held-out count), so
+they learn from the same images in every variant.
 
 Budget on the 2-core CPU (cpu: ITER 2,000): LTI training (inverter_cifar10.py:cpu) ~1.6 h; ig, gipip
 and lti_ig 3 x 16 x 2,000 = 96k attack-steps at ~60/s, ~30 min; gan 32k generator steps, ~30 min; in
@@ -77,7 +76,7 @@ def priors(v: dict, workdir: str) -> dict[str, str]:
     out["ae"] = experiment.train_prior(workdir, "ae", dataset="cifar10", image_size=None, steps=t["ae_steps"],
                                        heldout_count=t["heldout"], **amount)
     out["gan"] = experiment.train_gan(workdir, "gan", dataset="cifar10", image_size=None, steps=t["gan_steps"],
-                                      **amount)
+                                      heldout_count=t["heldout"], **amount)
     return out
 
 

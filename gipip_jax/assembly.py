@@ -211,8 +211,8 @@ def _inverter_auxiliary_indices(config: ml_collections.ConfigDict, num_examples:
     if not meta or (meta.get("dataset"), meta.get("split"), meta.get("pool_count")) != \
             (config.data.name, config.data.split, num_examples):
         return np.zeros(0, np.int64)
-    aux, heldout = inverter_lib.auxiliary_split(num_examples, fraction=meta["aux"]["fraction"], count=meta["aux"]["count"],
-                                                seed=int(meta["aux"]["seed"]), heldout_count=int(meta["heldout_count"]))
+    aux, heldout = data.auxiliary_split(num_examples, fraction=meta["aux"]["fraction"], count=meta["aux"]["count"],
+                                        seed=int(meta["aux"]["seed"]), heldout_count=int(meta["heldout_count"]))
     return np.union1d(aux, heldout)
 
 

@@ -218,6 +218,23 @@ def auxiliary_indices(num_examples: int, *, exclude=(), fraction: float | None =
     return np.sort(available[np.argsort(keys, kind="stable")[:count]])
 
 
+def auxiliary_split(num_examples: int, *, fraction: float | None = None, count: int | None = None, seed: int = 0,
+                    heldout_count: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(aux, heldout): sorted, disjoint index arrays of range(num_examples). aux is `auxiliary_indices`
+    (seed); a fraction that would leave fewer than `heldout_count` images out is capped at all but
+    those, so fraction 1.0 means "all of the split but the held-out images". heldout is
+    `heldout_count` of the rest (seed + 1). Every learned prior (the AE, the GAN, the LTI inverter)
+    draws its images here: the same request gives each the same images."""
+    check_auxiliary_request(fraction, count)
+    if fraction is not None:
+        count = min(round(fraction * num_examples), max(num_examples - heldout_count, 0))
+    aux = auxiliary_indices(num_examples, count=count, seed=seed)
+    if not 0 <= heldout_count <= num_examples - len(aux):
+        raise ValueError(f"heldout_count is {heldout_count}, but {num_examples - len(aux)} of the {num_examples} images "
+                         f"are left beside the {len(aux)} auxiliary ones; lower heldout_count or aux.count")
+    return aux, auxiliary_indices(num_examples, exclude=aux, count=heldout_count, seed=seed + 1)
+
+
 def _source(name: str, split: str, data_dir, cache: pathlib.Path, download: bool) -> tuple[str, Callable]:
     """(cache key of the source, () -> tfds builder serving it); DataError when there is none."""
     if name.startswith(_FOLDER):

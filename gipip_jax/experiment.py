@@ -44,18 +44,16 @@ def train_prior(workdir: str, name: str, *, dataset: str, image_size: int | None
     """Trains the AE prior on an auxiliary subset of `dataset`'s train split for about `steps`
     optimizer steps (batch 16; epochs = ceil(steps * 16 / aux size), so every fraction gets the same
     budget and differs only in data) with `recipe` (training.AE_RECIPES). A fraction that leaves fewer
-    than `heldout_count` images out takes all but those (100 % of a pool = all but its held-out
-    images). With `target_heldout_mse` it stops after the first epoch whose held-out MSE is at most
-    that (the steps are then the most). Returns W/priors/NAME/ae."""
+    than `heldout_count` images out takes all but those (data.auxiliary_split: 100 % of a pool = all
+    but its held-out images). With `target_heldout_mse` it stops after the first epoch whose held-out
+    MSE is at most that (the steps are then the most). Returns W/priors/NAME/ae."""
     folder = os.path.join(workdir, "priors", name)
     path = os.path.join(folder, "ae")
     if os.path.exists(path):
         return path
     pool = assembly.load_dataset(ml_collections.ConfigDict({"name": dataset, "image_size": image_size}), "train")
     n = len(pool.labels)
-    aux = len(data.auxiliary_indices(n, fraction=fraction, count=count, seed=0))
-    if aux > n - heldout_count:   # "100 %": everything but the held-out images
-        fraction, count, aux = None, n - heldout_count, n - heldout_count
+    aux = len(data.auxiliary_split(n, fraction=fraction, count=count, heldout_count=heldout_count)[0])
     config = configured(AE_CONFIG, {"data.name": dataset, "data.image_size": image_size, "aux.fraction": fraction,
                                     "aux.count": count, "heldout_count": heldout_count, "recipe": recipe,
                                     "target_heldout_mse": target_heldout_mse,
@@ -65,18 +63,19 @@ def train_prior(workdir: str, name: str, *, dataset: str, image_size: int | None
 
 
 def train_gan(workdir: str, name: str, *, dataset: str, image_size: int | None, steps: int,
-              fraction: float | None = None, count: int | None = None) -> str:
-    """Trains the GAN prior (DCGAN) on the same auxiliary subset `train_prior` gives the AE, for about
-    `steps` steps of batch min(64, aux size). Returns the checkpoint path W/priors/NAME/gan."""
+              fraction: float | None = None, count: int | None = None, heldout_count: int = 1000) -> str:
+    """Trains the GAN prior (DCGAN) on the same auxiliary subset `train_prior` gives the AE (with the
+    same `heldout_count`), for about `steps` steps of batch min(64, aux size). Returns the checkpoint
+    path W/priors/NAME/gan."""
     folder = os.path.join(workdir, "priors", name)
     path = os.path.join(folder, "gan")
     if os.path.exists(path):
         return path
     pool = assembly.load_dataset(ml_collections.ConfigDict({"name": dataset, "image_size": image_size}), "train")
-    aux = len(data.auxiliary_indices(len(pool.labels), fraction=fraction, count=count, seed=0))
+    aux = len(data.auxiliary_split(len(pool.labels), fraction=fraction, count=count, heldout_count=heldout_count)[0])
     batch = min(64, aux)
     config = configured(GAN_CONFIG, {"data.name": dataset, "data.image_size": image_size, "aux.fraction": fraction,
-                                     "aux.count": count, "batch_size": batch,
+                                     "aux.count": count, "heldout_count": heldout_count, "batch_size": batch,
                                      "epochs": max(1, math.ceil(steps / (aux // batch)))})
     jobs.train_gan(config, folder)
     return path

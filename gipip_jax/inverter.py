@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gipip_jax import checkpoints, data, defenses, threat_models
+from gipip_jax import checkpoints, defenses, threat_models
 
 PyTree = Any
 INVERTER_KEY = "inverter"
@@ -133,19 +133,6 @@ def matched_mse(pred01: jax.Array, target01: jax.Array) -> jax.Array:
     orders = np.asarray(list(itertools.permutations(range(count))))                 # (P, B)
     totals = cost[:, np.arange(count)[None, :], orders].mean(axis=-1)               # (N, P)
     return jnp.min(totals, axis=1)
-
-
-def auxiliary_split(num_examples: int, *, fraction: float | None, count: int | None, seed: int,
-                    heldout_count: int) -> tuple[np.ndarray, np.ndarray]:
-    """(aux, heldout) index arrays. fraction 1.0: all of the split minus `heldout_count` held-out
-    images (drawn with seed + 1); else the AE's auxiliary split (`data.auxiliary_indices`, seed) and
-    its held-out images (seed + 1, disjoint), as jobs.train_ae picks them."""
-    data.check_auxiliary_request(fraction, count)
-    if fraction == 1.0:
-        heldout = data.auxiliary_indices(num_examples, count=heldout_count, seed=seed + 1)
-        return np.setdiff1d(np.arange(num_examples), heldout), heldout
-    aux = data.auxiliary_indices(num_examples, fraction=fraction, count=count, seed=seed)
-    return aux, data.auxiliary_indices(num_examples, exclude=aux, count=heldout_count, seed=seed + 1)
 
 
 def make_pairs(victim, variables: dict, normalize: Callable, *, defense_fields: Mapping | None = None,

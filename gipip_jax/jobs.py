@@ -52,9 +52,8 @@ def train_ae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     training.check_recipe(config.recipe)
     pool = assembly.load_dataset(config.data, config.data.split)
     n = len(pool.labels)
-    aux = data.auxiliary_indices(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
-                                 seed=config.aux.seed)
-    heldout = data.auxiliary_indices(n, exclude=aux, count=config.heldout_count, seed=config.aux.seed + 1)
+    aux, heldout = data.auxiliary_split(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
+                                        seed=config.aux.seed, heldout_count=config.heldout_count)
     x_aux, _ = pool.take(aux)
     x_heldout, _ = pool.take(heldout)
     print(f"training the AE prior on {len(aux)} {pool.info.name} {config.data.split} images "
@@ -82,8 +81,8 @@ def train_gan(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data.check_auxiliary_request(config.aux.get("fraction"), config.aux.get("count"))
     pool = assembly.load_dataset(config.data, config.data.split)
     n = len(pool.labels)
-    aux = data.auxiliary_indices(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
-                                 seed=config.aux.seed)
+    aux, _ = data.auxiliary_split(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
+                                  seed=config.aux.seed, heldout_count=config.heldout_count)   # the AE's images
     x_aux, _ = pool.take(aux)
     print(f"training the GAN prior (DCGAN, width {config.width}) on {len(aux)} {pool.info.name} {config.data.split} "
           f"images ({100 * len(aux) / n:.2f} % of {n}) for {config.epochs} epoch(s)")
@@ -118,8 +117,8 @@ def train_inverter(config: ml_collections.ConfigDict, workdir: str) -> dict:
     defense = {**defenses.DEFENSE_DEFAULTS, **defense}
     pool = assembly.load_dataset(config.data, config.data.split)
     info, n = pool.info, len(pool.labels)
-    aux, heldout = inverter.auxiliary_split(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
-                                            seed=config.aux.seed, heldout_count=config.heldout_count)
+    aux, heldout = data.auxiliary_split(n, fraction=config.aux.get("fraction"), count=config.aux.get("count"),
+                                        seed=config.aux.seed, heldout_count=config.heldout_count)
     victim, variables, victim_meta = assembly.victim_and_variables(config, info)
     x_aux, y_aux = pool.take(aux)
     x_heldout, y_heldout = pool.take(heldout)

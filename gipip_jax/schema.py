@@ -161,7 +161,8 @@ def table() -> dict[str, Field]:
         "aux.seed": _integer("seed of the auxiliary subset", AE + GAN),
         "aux": Field("any", "exactly one of aux.fraction and aux.count", AE + GAN,
                      check=lambda group: data.check_auxiliary_request(group.get("fraction"), group.get("count"))),
-        "heldout_count": _integer("held-out images the AE's error is measured on", AE),
+        "heldout_count": _integer("held-out images (the AE's error is measured on them; aux.fraction 1.0 "
+                                  "leaves them out, for the GAN too)", AE + GAN),
         "recipe": Field("choice", "AE training recipe", AE, choices=tuple(training.AE_RECIPES)),
         "target_heldout_mse": _positive("stop after the first epoch whose held-out MSE is at most this (epochs: "
                                         "the most)", AE, none="every epoch runs"),

@@ -267,6 +267,22 @@ def test_auxiliary_indices():
 PINNED_DRAW = [2, 3, 11, 13, 15]
 
 
+def test_auxiliary_split_is_one_draw_for_every_prior_and_caps_all_at_all_but_the_heldout():
+    aux, heldout = data.auxiliary_split(1000, fraction=0.05, seed=0, heldout_count=100)
+    np.testing.assert_array_equal(aux, data.auxiliary_indices(1000, fraction=0.05, seed=0))   # the shipped AE's draw
+    np.testing.assert_array_equal(heldout, data.auxiliary_indices(1000, exclude=aux, count=100, seed=1))
+    everything, rest = data.auxiliary_split(1000, fraction=1.0, seed=0, heldout_count=100)
+    assert len(everything) == 900 and len(rest) == 100 and not set(everything.tolist()) & set(rest.tolist())
+    # "100 %" is the draw `experiment.train_prior` made before this function (count = all but the held-out
+    # images, seed 0), so the AE of experiments/results/aux_amount_cpu's 100 % arm keeps its images.
+    np.testing.assert_array_equal(everything, data.auxiliary_indices(1000, count=900, seed=0))
+    np.testing.assert_array_equal(data.auxiliary_split(1000, fraction=0.95, heldout_count=100)[0], everything)
+    assert len(data.auxiliary_split(1000, fraction=1.0)[0]) == 1000
+    # A count is never capped: one that leaves no room for the held-out images is an error.
+    with pytest.raises(ValueError, match="heldout_count is 100, but 50 of the 1000 images are left"):
+        data.auxiliary_split(1000, count=950, heldout_count=100)
+
+
 def test_normalize_roundtrip_and_bounds():
     info = data.DatasetInfo("cifar10", (32, 32, 3), 10, CIFAR10_MEAN, CIFAR10_STD, tuple("abcdefghij"))
     x01 = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)

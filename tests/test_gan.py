@@ -90,7 +90,8 @@ def test_training_save_and_load_round_trip(tmp_path):
 def trained_gan(folder, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("gan")
     assert cli.main(["train-gan", "--config", str(CONFIGS / "gan_cifar10.py:smoke"), "--workdir", str(workdir), *folder,
-                     "--set=aux.count=8", "--set=batch_size=4", "--set=width=4", f"--set=latent_dim={LATENT}"]) == 0
+                     "--set=aux.count=8", "--set=heldout_count=0", "--set=batch_size=4", "--set=width=4",
+                     f"--set=latent_dim={LATENT}"]) == 0
     meta = json.load(open(workdir / "gan" / "metadata.json"))
     assert meta["aux_count"] == 8 and meta["gan"]["image_shape"] == [32, 32, 3]
     assert (workdir / "gan_samples.png").stat().st_size > 0

@@ -19,7 +19,7 @@ hashed into 0.5 |theta| bins, 40 epochs on 50,000 images):
           (1e-4 learns too slowly in a CPU budget), 30 epochs (270 steps), held-out check every 5
   (none)  ConvNet, 5 % aux, the reference's model: 2^18 bins (~0.49 |theta|), hidden 3,000, Adam 1e-4,
           800 epochs (7,200 steps, the reference's 40 epochs x 195 steps); for a GPU
-  :full   the same on all of train (48,999 aux images), 40 epochs (7,640 steps); for a GPU
+  :full   the same on all of train (49,000 aux images), 40 epochs (7,640 steps); for a GPU
 
 Commands, from the repository root (times measured on the shared 2-core CPU, another job running):
   gipip-jax train-inverter --config experiments/configs/inverter_cifar10.py:smoke --workdir runs/inverter_smoke
