@@ -21,7 +21,7 @@ def _driver(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, studies, plots", [("aux_amount", 6, 2), ("ood", 12, 2), ("paper_bars", 5, 2)])
+@pytest.mark.parametrize("name, studies, plots", [("aux_amount", 6, 2), ("ood", 6, 2), ("paper_bars", 5, 2)])
 def test_smoke_variant_runs_end_to_end_and_reports(tmp_path, name, studies, plots):
     paths = _driver(name).run("smoke", str(tmp_path))
     manifest = json.loads((tmp_path / "experiment.json").read_text())
