@@ -2,8 +2,8 @@
 
 The same auxiliary subset as the AE prior (experiments/configs/ae_cifar10.py: data.auxiliary_split
 with the same fraction, seed and held-out count: 2,500 train images); targets come from the test
-split, so no target is in it. Standard DCGAN recipe: non-saturating BCE, Adam 2e-4 (b1 0.5), batch 64, z ~ N(0, I)
-of 100 dims. Width 32 (generator 4x4x128 -> 8x8x64 -> 16x16x32 -> 32x32x3, ~0.3 M parameters) keeps
+split, so no target is in it. Standard DCGAN recipe: non-saturating BCE, Adam 2e-4 (b1 0.5),
+batch 64, z ~ N(0, I) of 100 dims. Width 32 (generator 4x4x128 -> 8x8x64 -> 16x16x32 -> 32x32x3, ~0.3 M parameters) keeps
 CPU training affordable; the classic DCGAN width is 64 (`--set width=64`, ~4x the cost).
 
 Commands, from the repository root:
