@@ -431,7 +431,8 @@ class Trace:
     def save(self, folder: str) -> None:
         """Written ahead of the wave's checkpoint; `load` drops rows past the checkpoint it resumes from."""
         os.makedirs(folder, exist_ok=True)
-        work.write_text(os.path.join(folder, TRACE_FILE), json.dumps({"rows": self.rows}, indent=2, sort_keys=True, default=float))
+        work.write_text(os.path.join(folder, TRACE_FILE),
+                        json.dumps({"rows": self.rows}, indent=2, sort_keys=True, default=float))
 
     def load(self, folder: str, chunks_run: int) -> None:
         path = os.path.join(folder, TRACE_FILE)
