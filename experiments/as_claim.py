@@ -95,10 +95,9 @@ def priors(name: str, v: dict, workdir: str) -> dict:
     if name == "cpu":
         return {"reference": REFERENCE_AE, "mse": MSE_AE}
     fraction = 0.038 if v["dataset"] == "tiny_imagenet" else 0.05
-    heldout = 64 if name == "smoke" else 1000
     return {kind: experiment.train_prior(workdir, f"{v['dataset']}_{kind}", dataset=v["dataset"],
                                          image_size=v["image_size"], steps=v["prior_steps"], fraction=fraction,
-                                         heldout_count=heldout, recipe=recipe)
+                                         heldout_count=experiment.heldout_count(name), recipe=recipe)
             for kind, recipe in (("reference", "bce_adadelta"), ("mse", "mse_adam"))}
 
 

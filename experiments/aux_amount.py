@@ -95,7 +95,7 @@ def run(name: str, workdir: str) -> dict:
         ig = f"{dataset}_ig"
         experiment.run_study(workdir, ig, {**fields, "grid.as_weight": [0.0], "prior.checkpoint": ""})
         studies.append({"dir": f"studies/{ig}", "x": None, "series": f"IG ({NAMES[dataset]})"})
-        heldout = 64 if name == "smoke" else 1000
+        heldout = experiment.heldout_count(name)
         for fraction in variant["fractions"]:
             tag = f"{dataset}_aux{100 * fraction:g}"
             prior = experiment.train_prior(workdir, tag, dataset=dataset, image_size=setup["image_size"],

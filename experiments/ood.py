@@ -46,7 +46,7 @@ def run(name: str, workdir: str) -> dict:
     v = VARIANTS[name]
     priors, gans, notes = {}, {}, []
     learned = v.get("learned_priors")
-    heldout = 64 if name == "smoke" else 1000
+    heldout = experiment.heldout_count(name)
     for dataset in DATASETS:
         if learned:
             gans[dataset] = experiment.train_gan(workdir, f"{dataset}_{v['aux_count']}", dataset=dataset,

@@ -49,7 +49,7 @@ def run(name: str, workdir: str) -> dict:
     v = VARIANTS[name]
     prior = experiment.train_prior(workdir, "tiny_imagenet_aux3.8", dataset="tiny_imagenet",
                                    image_size=v["image_size"], fraction=0.038, steps=v["ae_steps"],
-                                   heldout_count=64 if name == "smoke" else 1000)
+                                   heldout_count=experiment.heldout_count(name))
     meta = experiment.prior_metadata(prior)
     notes = [f"AE: {meta['aux_count']} Tiny-ImageNet train images (3.8 %), held-out MSE "
              f"{meta.get('heldout_mse', float('nan')):.4f}, c = {meta['as_offset']}"]

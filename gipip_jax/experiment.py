@@ -38,6 +38,12 @@ def configured(spec: str, fields: dict) -> ml_collections.ConfigDict:
     return config
 
 
+def heldout_count(variant: str) -> int:
+    """Auxiliary images a driver's variant holds out of every prior's training: the AE config's
+    (experiments/configs/ae_cifar10.py), 64 in its smoke form, 1,000 otherwise."""
+    return configs.load_config(f"{AE_CONFIG}:smoke" if variant == "smoke" else AE_CONFIG).heldout_count
+
+
 def train_prior(workdir: str, name: str, *, dataset: str, image_size: int | None, steps: int,
                 fraction: float | None = None, count: int | None = None, heldout_count: int = 1000,
                 recipe: str = "mse_adam", target_heldout_mse: float | None = None) -> str:

@@ -150,3 +150,11 @@ def test_pruning_claim_needs_the_interval_and_the_test():
     assert claim("dropout", {"pruning per tensor": beyond, "pruning global": beyond}) == "refuted"
     assert claim("dropout", {"pruning per tensor": beyond, "pruning global": noise}) == "undecided"
     assert claim("dropout", {"clipping": beyond}) == "pruning not affordable"
+
+
+def test_heldout_count_is_the_ae_configs_for_every_variant():
+    from gipip_jax import configs, experiment
+
+    assert experiment.heldout_count("smoke") == configs.load_config(f"{experiment.AE_CONFIG}:smoke").heldout_count == 64
+    for name in ("cpu", "full"):
+        assert experiment.heldout_count(name) == configs.load_config(experiment.AE_CONFIG).heldout_count == 1000
