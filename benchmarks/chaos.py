@@ -13,7 +13,7 @@ to rounding: the noise floor under any paired difference between two runs that a
 
 Reported per iteration budget: per-target |ΔPSNR| over every pair of widths (median, mean, 90th
 percentile, max), the mean PSNR per width (what a study reports) and the largest difference between
-those means. Each (iterations, width) is a study under WORKDIR/studies/, so a rerun resumes.
+those means; the per-target PSNRs are in the JSON and printed as a markdown table. Each (iterations, width) is a study under WORKDIR/studies/, so a rerun resumes.
 `--set KEY=VALUE` changes a study field (e.g. victim.name=convnet_tiny for a quick check).
 """
 
@@ -31,6 +31,7 @@ import numpy as np
 
 from gipip_jax import configs, experiment
 from gipip_jax.results import read_records
+from gipip_jax.workdir import write_text
 
 
 def study_name(iterations: int, width: int) -> str:
@@ -55,10 +56,25 @@ def spread(psnr_by_width: dict[int, dict[tuple, float]]) -> dict:
                               for a, b in itertools.combinations(sorted(psnr_by_width), 2) for t in common])
     means = {w: float(np.mean([v[t] for t in common])) for w, v in psnr_by_width.items()}
     return {"targets": len(common), "pairs": len(differences),
+            "psnr": {str(w): {",".join(map(str, t)): v[t] for t in common} for w, v in sorted(psnr_by_width.items())},
             "abs_delta_psnr": {"median": float(np.median(differences)), "mean": float(differences.mean()),
                                "p90": float(np.percentile(differences, 90)), "max": float(differences.max())},
             "mean_psnr_by_width": {str(w): m for w, m in means.items()},
             "largest_mean_difference": float(max(means.values()) - min(means.values()))}
+
+
+def table(budget: dict) -> str:
+    """A budget's per-target PSNR (dB) by width as a markdown table: one row per target (its range across
+    widths last), then the means."""
+    widths = list(budget["psnr"])
+    rows = ["| target | " + " | ".join(f"width {w}" for w in widths) + " | range |",
+            "|---" * (len(widths) + 2) + "|"]
+    for target in budget["psnr"][widths[0]]:
+        values = [budget["psnr"][w][target] for w in widths]
+        rows.append(f"| {target} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {max(values) - min(values):.2f} |")
+    means = [budget["mean_psnr_by_width"][w] for w in widths]
+    rows.append("| mean | " + " | ".join(f"{m:.2f}" for m in means) + f" | {max(means) - min(means):.2f} |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['abs_delta_psnr']['median']:.2f} dB, 90th percentile {s['abs_delta_psnr']['p90']:.2f}, max "
               f"{s['abs_delta_psnr']['max']:.2f}; mean PSNR by width "
               + ", ".join(f"{w}: {m:.2f}" for w, m in s["mean_psnr_by_width"].items()), flush=True)
+        print(table(s), flush=True)
     out = args.out or os.path.join(args.workdir, "chaos.json")
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_text(out, json.dumps(result, indent=2))
     print(f"wrote {out}")
     return 0
 

@@ -35,6 +35,8 @@ def test_chaos_reports_the_per_target_spread_of_the_records_across_widths(tmp_pa
     assert result["targets"] == 3 and result["pairs"] == 3
     assert result["abs_delta_psnr"]["max"] == pytest.approx(max(differences))
     assert result["abs_delta_psnr"]["median"] == pytest.approx(float(np.median(differences)))
+    assert result["psnr"] == {str(w): {",".join(map(str, t)): v for t, v in psnr[w].items()} for w in (1, 3)}
+    assert len(chaos.table(result).splitlines()) == 2 + 3 + 1
     assert result["largest_mean_difference"] == pytest.approx(
         abs(np.mean(list(psnr[1].values())) - np.mean(list(psnr[3].values()))))
 
