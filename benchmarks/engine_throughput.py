@@ -33,6 +33,7 @@ from gipip_jax.client import victim_gradient
 from gipip_jax.assembly import resolve_path
 from gipip_jax.objectives import make_objective
 from gipip_jax.victims import make_victim
+from gipip_jax.workdir import write_text
 
 AE = "experiments/checkpoints/ae_cifar10_aux5"
 
@@ -150,8 +151,7 @@ def main() -> None:
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "device": str(jax.devices()[0]),
             "machine": platform.machine(), "cpus": __import__("os").cpu_count()}
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        write_text(args.out, json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(json.dumps(meta))
 
 

@@ -66,6 +66,7 @@ import numpy as np
 
 from gipip_jax import experiment, paired
 from gipip_jax.results import read_records
+from gipip_jax.workdir import write_text
 
 MSE_AE = "experiments/checkpoints/ae_cifar10_aux5"                   # MSE, Adam 1e-3, 150 epochs
 REFERENCE_AE = "experiments/checkpoints/ae_cifar10_aux5_reference"   # BCE, Adadelta 0.1, 100 epochs
@@ -220,8 +221,7 @@ def dose_report(name: str, v: dict, workdir: str, aes: dict[str, str]) -> list[s
     plot = os.path.join(workdir, "dose_response.png")
     if dose_plot(rows, gains, plot):
         lines += ["", "![gain over IG against held-out MSE / c](dose_response.png)"]
-    with open(os.path.join(workdir, "dose_response.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(os.path.join(workdir, "dose_response.md"), "\n".join(lines) + "\n")
     studies = [{"dir": "../studies/dose_ig", "series": "IG"}] + \
               [{"dir": f"../studies/dose_{r['name']}", "series": f"AE {r['name']}"} for r in rows]
     os.makedirs(os.path.join(workdir, "dose_response"), exist_ok=True)
@@ -302,8 +302,7 @@ def size_report(name: str, v: dict, workdir: str) -> list[str]:
     lines += ["", "At bs 4 (parts c and d, experiments/README.md): ΔPSNR +1.76 [+1.29, +2.23] (16 batches) and "
               "+1.93 [+1.48, +2.39] (8 fresh batches); the paper's bars: bs 4 0.27 → 0.42, bs 16 0.16 → 0.29 "
               "(Tiny-ImageNet 64 px, not this setting)."]
-    with open(os.path.join(workdir, "batch_size.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(os.path.join(workdir, "batch_size.md"), "\n".join(lines) + "\n")
     studies = [{"dir": f"../studies/{study}", "x": f"bs {s['batch_size']}"} for study, s in v["sizes"].items()]
     os.makedirs(os.path.join(workdir, "batch_size"), exist_ok=True)
     experiment.finish(os.path.join(workdir, "batch_size"), {
@@ -322,8 +321,7 @@ def run(name: str, workdir: str) -> dict:
     run_sizes(v, workdir, aes)
     size_report(name, v, workdir)
     summary = {"aes": [ae_row(n, p) for n, p in aes.items()], "dose_verdict": verdict}
-    with open(os.path.join(workdir, "as_map.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_text(os.path.join(workdir, "as_map.json"), json.dumps(summary, indent=2))
     print("\n".join(verdict))
     return summary
 

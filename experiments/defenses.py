@@ -68,6 +68,7 @@ import numpy as np
 
 from gipip_jax import defenses, experiment, paired, strongest, study, utility
 from gipip_jax.results import read_records
+from gipip_jax.workdir import write_text
 
 UTILITY_CONFIG = "experiments/configs/utility_cifar10.py"
 VERDICTS_FILE = "verdicts.json"   # the verdicts, machine-readable (published: experiments/results/defenses/)
@@ -141,8 +142,7 @@ def run_utility(v: dict, workdir: str, seeds=None) -> dict[str, list[dict]]:
         for setting, record in zip(measured, utility.run(config, folder)):
             by_setting.setdefault(defense_key(setting), []).append(record)
     text = utility_table(v, by_setting)
-    with open(os.path.join(workdir, "utility.md"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(workdir, "utility.md"), text + "\n")
     print(text)
     return by_setting
 
@@ -274,14 +274,12 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
     if plot:
         lines, found = verdicts(v, points, by_setting)
         text += lines
-        with open(os.path.join(workdir, VERDICTS_FILE), "w") as f:
-            json.dump(found, f, indent=2)
+        write_text(os.path.join(workdir, VERDICTS_FILE), json.dumps(found, indent=2))
         plot_path = os.path.join(workdir, f"leakage_utility_bs{batch_size}.png")
         if leakage_plot(v, points, plot_path):
             text += ["", f"![leakage vs utility]({os.path.basename(plot_path)})"]
     path = os.path.join(workdir, f"leakage_bs{batch_size}.md")
-    with open(path, "w") as f:
-        f.write("\n".join(text) + "\n")
+    write_text(path, "\n".join(text) + "\n")
     return path
 
 
@@ -394,8 +392,7 @@ def convergence(workdir: str, name: str) -> str | None:
     text = (f"Undefended IG at this budget against 10,000 iterations ({reference}), {st['n']} shared targets: "
             f"ΔPSNR {st['mean']:+.2f} dB [{st['ci_low']:+.2f}, {st['ci_high']:+.2f}], median {st['median']:+.2f}, "
             f"mean {np.mean([ours[t] for t in shared]):.2f} vs {np.mean([long[t] for t in shared]):.2f} dB.")
-    with open(os.path.join(workdir, "convergence.md"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(workdir, "convergence.md"), text + "\n")
     return text
 
 

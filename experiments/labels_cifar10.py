@@ -27,6 +27,7 @@ import numpy as np
 
 from gipip_jax import client, data, labels
 from gipip_jax.victims import make_victim
+from gipip_jax.workdir import write_text
 
 
 def batches(test_labels: np.ndarray, kind: str, size: int, count: int) -> list[np.ndarray]:
@@ -83,10 +84,9 @@ def main() -> None:
                                      with_repeats=repeats, strategy=strategy, label_accuracy=acc, batches_exact=exact))
                     print(rows[-1], flush=True)
     seconds = time.perf_counter() - start
-    with open(args.out, "w") as f:
-        json.dump({"command": "python experiments/labels_cifar10.py " + " ".join(
-            f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
-            "seconds": seconds, "rows": rows}, f, indent=1)
+    command = "python experiments/labels_cifar10.py " + " ".join(
+        f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items())
+    write_text(args.out, json.dumps({"command": command, "seconds": seconds, "rows": rows}, indent=1))
     print(f"\n| victim | bs | batches | strategy | label accuracy | batches exact |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['victim']} | {r['batch_size']} | {r['batches']} | {r['strategy']} | "
