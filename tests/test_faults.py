@@ -49,8 +49,21 @@ def assert_same_records(path, reference):
     assert not any((path / "state").iterdir()) and not (path / workdir.LOCK_FILE).exists()
 
 
-def start(path, args, **kwargs):
-    code = f"import sys; from gipip_jax import cli; sys.exit(cli.main({study(path, args)!r}))"
+def start(path, args, *, signal_after_checkpoint=None, **kwargs):
+    """The study as a process. With `signal_after_checkpoint=(signum, wave)` it sends itself signum as
+    soon as that wave (0-based) has saved its first checkpoint: the signal's moment is fixed, where
+    one sent from here when the checkpoint shows up can come after a quick run has already ended."""
+    code = "import sys; from gipip_jax import cli\n"
+    if signal_after_checkpoint:
+        signum, wave = signal_after_checkpoint
+        code += ("import os, orbax.checkpoint as ocp\n"
+                 "save = ocp.CheckpointManager.save\n"
+                 "def save_then_signal(self, *a, **k):\n"
+                 "    out = save(self, *a, **k)\n"
+                 f"    if os.path.basename(str(self.directory)) == 'wave_{wave:05d}': os.kill(os.getpid(), {int(signum)})\n"
+                 "    return out\n"
+                 "ocp.CheckpointManager.save = save_then_signal\n")
+    code += f"sys.exit(cli.main({study(path, args)!r}))"
     # the subprocess inherits the test settings (CPU, fast compiles) from conftest through os.environ
     return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -109,13 +122,9 @@ def test_two_runs_started_together_one_runs_the_other_stops(reference, tmp_path)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_ends_with_one_line_and_the_rerun_resumes(reference, tmp_path, signum, capsys):
     path, args = reference
-    process = start(tmp_path, args, stdout=subprocess.DEVNULL)
+    process = start(tmp_path, args, stdout=subprocess.DEVNULL, signal_after_checkpoint=(signum, 1))
+    _, err = process.communicate(timeout=600)   # interrupted once the second wave has its first checkpoint
     wave = tmp_path / "state" / "wave_00001"
-    deadline = time.time() + 600
-    while not (wave.is_dir() and any(p.name.isdigit() for p in wave.iterdir())) and time.time() < deadline:
-        time.sleep(0.2)                    # interrupted once the second wave has its first checkpoint
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signum
     assert re.fullmatch(r"gipip-jax: interrupted at wave 2, step \d+; 2/4 attacks recorded; "
                         r"rerun the same command to resume", one_line(err))
