@@ -13,7 +13,8 @@ to rounding: the noise floor under any paired difference between two runs that a
 
 Reported per iteration budget: per-target |ΔPSNR| over every pair of widths (median, mean, 90th
 percentile, max), the mean PSNR per width (what a study reports) and the largest difference between
-those means; the per-target PSNRs are in the JSON and printed as a markdown table. Each (iterations, width) is a study under WORKDIR/studies/, so a rerun resumes.
+those means; the per-target PSNRs are in the JSON and printed as a markdown table. Each (iterations,
+width) is a study under WORKDIR/studies/, so a rerun resumes.
 `--set KEY=VALUE` changes a study field (e.g. victim.name=convnet_tiny for a quick check).
 """
 
