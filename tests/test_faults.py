@@ -51,12 +51,14 @@ def assert_same_records(path, reference):
 
 def start(path, args, *, signal_after_checkpoint=None, **kwargs):
     """The study as a process. With `signal_after_checkpoint=(signum, wave)` it sends itself signum as
-    soon as that wave (0-based) has saved its first checkpoint: the signal's moment is fixed, where
-    one sent from here when the checkpoint shows up can come after a quick run has already ended."""
+    soon as that wave (0-based) has saved its first checkpoint (a fixed moment, where one sent from
+    here when the checkpoint shows up can come after a quick run has ended), with SIGINT handled as in
+    a terminal: tests run as a background job (`.ci/run &`) inherit SIGINT ignored, which a study keeps."""
     code = "import sys; from gipip_jax import cli\n"
     if signal_after_checkpoint:
         signum, wave = signal_after_checkpoint
-        code += ("import os, orbax.checkpoint as ocp\n"
+        code += ("import os, signal, orbax.checkpoint as ocp\n"
+                 "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
                  "save = ocp.CheckpointManager.save\n"
                  "def save_then_signal(self, *a, **k):\n"
                  "    out = save(self, *a, **k)\n"
