@@ -79,7 +79,7 @@ RECIPE_CONTRAST = ("mse_10c", "bce_10c")
 # An AE: shipped checkpoint, or (recipe, target held-out MSE or None, max epochs). Smoke targets are
 # fractions of the first trained AE's error (its 16 px tiny data has no c to aim at).
 VARIANTS = {
-    "smoke": dict(image_size=16, victim="convnet_tiny", lpips=None, heldout=64, aux_count=256, ships=False,
+    "smoke": dict(image_size=16, victim="convnet_tiny", lpips=None, aux_count=256, ships=False,
                   aes={"mse_c": ("mse_adam", None, 3), "mse_2c": ("mse_adam", 1.5, 3), "bce_c": ("bce_adadelta", 1.2, 3)},
                   contrasts=(("mse_c", "mse_2c"), ("mse_2c", "bce_c")), secondary=("bce_c", "mse_c"),
                   dose=dict(batch_size=2, first=0, targets=2, iterations=10),
@@ -88,7 +88,7 @@ VARIANTS = {
                   size_iterations=10,
                   engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 2, "engine.chunk_size": 5,
                           "engine.checkpoint_every": 10}),
-    "cpu": dict(image_size=None, victim="convnet", lpips="alexnet", heldout=1000, aux_count=None, ships=True,
+    "cpu": dict(image_size=None, victim="convnet", lpips="alexnet", aux_count=None, ships=True,
                 aes={"mse_c": MSE_AE, "mse_2c": ("mse_adam", 0.002, 150), "mse_4c": ("mse_adam", 0.004, 150),
                      "mse_10c": ("mse_adam", 0.0109, 150), "bce_10c": REFERENCE_AE,
                      "bce_c": ("bce_adadelta", 0.00114, 1000)},
@@ -106,9 +106,10 @@ VARIANTS["full"] = dict(VARIANTS["cpu"], dose=dict(batch_size=4, first=24, targe
                         engine={"engine.chunk_size": 200, "engine.checkpoint_every": 2000})
 
 
-def train_aes(v: dict, workdir: str) -> dict[str, str]:
-    """{AE name: checkpoint}: shipped ones as they are, the others trained in W/priors/NAME (and, for
-    the cpu variant, copied to experiments/checkpoints/ae_cifar10_aux5_NAME once trained)."""
+def train_aes(v: dict, workdir: str, heldout: int) -> dict[str, str]:
+    """{AE name: checkpoint}: shipped ones as they are, the others trained in W/priors/NAME with
+    `heldout` auxiliary images held out (and, for the cpu variant, copied to
+    experiments/checkpoints/ae_cifar10_aux5_NAME once trained)."""
     paths, first_error = {}, None
     for name, spec in v["aes"].items():
         if isinstance(spec, str):
@@ -124,7 +125,7 @@ def train_aes(v: dict, workdir: str) -> dict[str, str]:
         count = v["aux_count"]
         steps = epochs * (count or 2500) // 16
         path = experiment.train_prior(workdir, name, dataset="cifar10", image_size=v["image_size"], steps=steps,
-                                      fraction=None if count else 0.05, count=count, heldout_count=v["heldout"],
+                                      fraction=None if count else 0.05, count=count, heldout_count=heldout,
                                       recipe=recipe, target_heldout_mse=target)
         if first_error is None:
             first_error = experiment.prior_metadata(path)["heldout_mse"]
@@ -315,7 +316,7 @@ def run(name: str, workdir: str) -> dict:
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
     v = VARIANTS[name]
-    aes = train_aes(v, workdir)
+    aes = train_aes(v, workdir, experiment.heldout_count(name))
     run_dose(v, workdir, aes)
     verdict = dose_report(name, v, workdir, aes)
     run_sizes(v, workdir, aes)

@@ -90,12 +90,12 @@ def run(name: str, workdir: str) -> dict:
         raise SystemExit(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
     variant = VARIANTS[name]
     studies, notes = [], []
+    heldout = experiment.heldout_count(name)
     for dataset, setup in variant["datasets"].items():
         fields = study_fields(variant, dataset, setup)
         ig = f"{dataset}_ig"
         experiment.run_study(workdir, ig, {**fields, "grid.as_weight": [0.0], "prior.checkpoint": ""})
         studies.append({"dir": f"studies/{ig}", "x": None, "series": f"IG ({NAMES[dataset]})"})
-        heldout = experiment.heldout_count(name)
         for fraction in variant["fractions"]:
             tag = f"{dataset}_aux{100 * fraction:g}"
             prior = experiment.train_prior(workdir, tag, dataset=dataset, image_size=setup["image_size"],

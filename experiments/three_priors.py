@@ -51,20 +51,20 @@ ARMS = ("ig", "gipip", "gan", "lti", "lti_ig")
 
 VARIANTS = {
     "smoke": dict(inverter="smoke", victim="convnet_tiny", targets=2, iterations=10, lpips=None,
-                  train=dict(count=256, heldout=64, ae_steps=16, gan_steps=4),
+                  train=dict(count=256, ae_steps=16, gan_steps=4),
                   engine={"engine.strategy": "unroll", "engine.attacks_per_device": 2, "engine.chunk_size": 5,
                           "engine.checkpoint_every": 10}),
     "cpu": dict(inverter="cpu", victim="convnet", targets=16, iterations=2000, lpips="alexnet", train=None,
                 engine={"engine.chunk_size": 50, "engine.checkpoint_every": 500}),
     "full": dict(inverter="full", victim="convnet", targets=16, iterations=10_000, lpips="alexnet",
-                 train=dict(fraction=1.0, heldout=1000, ae_steps=150 * 49_000 // 16, gan_steps=40_000),
+                 train=dict(fraction=1.0, ae_steps=150 * 49_000 // 16, gan_steps=40_000),
                  engine={"engine.chunk_size": 200, "engine.checkpoint_every": 2000}),
 }
 
 
-def priors(v: dict, workdir: str) -> dict[str, str]:
-    """{"ae", "gan", "inverter": checkpoint}: trained on the variant's auxiliary images (the shipped
-    AE and GAN for `cpu`); the inverter always in W/priors/inverter."""
+def priors(v: dict, workdir: str, heldout: int) -> dict[str, str]:
+    """{"ae", "gan", "inverter": checkpoint}: trained on the variant's auxiliary images less `heldout`
+    (the shipped AE and GAN for `cpu`); the inverter always in W/priors/inverter."""
     folder = os.path.join(workdir, "priors", "inverter")
     if not os.path.exists(os.path.join(folder, "inverter")):
         jobs.train_inverter(experiment.configured(f"{INVERTER_CONFIG}:{v['inverter']}", {}), folder)
@@ -74,9 +74,9 @@ def priors(v: dict, workdir: str) -> dict[str, str]:
         return {**out, "ae": MSE_AE, "gan": GAN}
     amount = {"count": t["count"]} if "count" in t else {"fraction": t["fraction"]}
     out["ae"] = experiment.train_prior(workdir, "ae", dataset="cifar10", image_size=None, steps=t["ae_steps"],
-                                       heldout_count=t["heldout"], **amount)
+                                       heldout_count=heldout, **amount)
     out["gan"] = experiment.train_gan(workdir, "gan", dataset="cifar10", image_size=None, steps=t["gan_steps"],
-                                      heldout_count=t["heldout"], **amount)
+                                      heldout_count=heldout, **amount)
     return out
 
 
@@ -101,7 +101,7 @@ def run(name: str, workdir: str) -> dict:
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
     v = VARIANTS[name]
-    paths = priors(v, workdir)
+    paths = priors(v, workdir, experiment.heldout_count(name))
     studies = []
     for arm in ARMS:
         spec, fields = arm_fields(v, arm, paths)
