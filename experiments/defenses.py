@@ -20,13 +20,26 @@ memory at 24 GiB).
 Stage 2, leakage at batch size 1 (design fixed before its first attack): the untrained victim
 (PyTorch's init, seed 0), CIFAR-10 TRAIN targets (batch numbers 0..15, the AE's auxiliary images
 skipped: the targets of as_claim's convnet_bs1), given labels, Inverting Gradients (cosine + TV
-1e-6, Adam 0.1 unsigned, step schedule, 1 restart). One study per family holds every strength twice:
+1e-6, Adam 0.1 on the gradient's sign, step schedule, 1 restart). One study per family holds every
+strength twice:
 the ignorant attack and the defense-aware one (grid `adaptive`, gipip_jax/adaptive.py; clipping has
 no defense-aware arm: cosine matching is blind to a rescaling, so it would be the same attack), plus
-the undefended study. Budget: 2,000 iterations; convergence is checked against as_claim's
-convnet_bs1 IG arm, the same targets, keys and victim at 10,000 iterations (W/convergence.md).
+the undefended study, and the undefended attack at half the budget (bs1_none_half). Budget: 4,000
+iterations. W/convergence.md pairs the undefended arm per target with as_claim's convnet_bs1 IG arm
+(the same targets, keys and victim, unsigned Adam at 10,000 iterations) and with its own half budget.
 Stage 3, batch size 4: per family the strength whose mean utility drop is nearest 2 points (Soteria:
-0.8), both arms, 16 disjoint train batches of 4 with distinct labels, λ_TV 1e-5, 2,000 iterations.
+0.8), both arms, 8 disjoint train batches of 4 with distinct labels, λ_TV 1e-5, 4,000 iterations;
+convergence.md pairs its undefended arm with as_claim's convnet_bs4 IG arm (10,000 iterations).
+
+Amendment (2026-12-05, before any defended attack had finished): the first design ran unsigned Adam
+(GI-PIP's recipe) for 2,000 iterations, 16 batches at bs 4. Its undefended bs-1 arm, the first 16
+attacks, failed the convergence check: 19.43 dB mean against 24.28 at 10,000 iterations, paired
+-4.85 dB [-6.92, -2.79], 6 of 16 targets at or above 20 dB. A pilot of the undefended arm on the same
+16 targets (records in experiments/results/defenses/budget_pilot/) gave, against that reference:
+signed Adam at 2,000 iterations 22.99 dB, -1.28 [-2.33, -0.31]; signed at 4,000, 24.01 dB, -0.27
+[-1.08, +0.54], 14 of 16 at or above 20 dB. So the study attacks with Inverting Gradients' own signed
+steps at 4,000 iterations; bs 4 takes 8 batches to keep the CPU budget near 22 hours. The endpoint,
+the families, the strengths, the targets at bs 1 and the analysis are unchanged.
 
 Leakage per target is the PSNR of the suite's strongest reconstruction (gipip_jax/strongest.py): the
 ignorant suite (the ignorant attack alone) and the full suite (ignorant + defense-aware), the latter
@@ -45,17 +58,18 @@ same is reported at D = 1 and 5 points and for the ignorant suite (does pruning 
 attacker adapts?). Reports: W/leakage_bs1.md (+ .png plots), W/leakage_bs4.md.
 
 Variants:
-  smoke  convnet_tiny at 16 px: utility 256 train images, 1 epoch, 2 seeds; attacks 2 targets,
-         10 iterations, 3 families at 1 strength, bs 4 for pruning only (tested in CI)
+  smoke  convnet_tiny at 16 px: utility 256 train images, 1 epoch, 2 seeds; attacks 2 targets (bs 4: 1
+         batch), 10 iterations, 3 families at 1 strength, bs 4 for pruning only (tested in CI)
   cpu    ConvNet (PyTorch's init). Utility: 5,000 CIFAR-10 train images, 8 epochs (624 steps of 64),
          test accuracy on 5,000 test images, seeds 0 and 1, 29 settings: ~0.4 s a step (DP-SGD
-         ~0.85), 5.5–7.5 min a setting, ~3.3 h a seed (measured). Attacks (budgeted at the measured
-         ~60 attack-steps/s at bs 1 and ~22 at bs 4, vmap_patches x 4): bs 1, 1 + 60 arms x 16
-         targets x 2,000 iterations = 1.95M attack-steps, ~9 h; bs 4, 1 + 15 arms x 16 batches x 2,000
-         = 0.51M, ~6 h. In all ~22 CPU hours: a multi-session run; kill it at any time and rerun
-         the same command to resume.
+         ~0.85), 5–12 min a setting, ~3.3 h a seed (measured). Attacks (budgeted at the measured
+         ~82 attack-steps/s at bs 1 and ~24 at bs 4, vmap_patches x 4): bs 1, 1 + 60 arms x 16
+         targets x 4,000 iterations + the half-budget arm = 3.94M attack-steps, ~13.4 h; bs 4, 1 + 15
+         arms x 8 batches x 4,000 = 0.51M, ~6 h. With seed 1's utility, ~23 CPU hours from the
+         amendment: a multi-session run; kill it at any time and rerun the same command to resume.
   full   ConvNet, utility on all 50,000 train images, 30 epochs, the 10,000 test images, seeds 0, 1
-         and 2; attacks at 10,000 iterations, 64 targets: one command for a GPU (not run yet)
+         and 2; attacks at 10,000 iterations, 64 targets (bs 4: 64 batches): one command for a GPU
+         (not run yet)
 """
 
 from __future__ import annotations
@@ -94,25 +108,29 @@ BS4_UNMEASURED_STRENGTH = {"soteria": {"soteria_pruning": 0.8}}   # its bs-4 set
 BUDGETS = (1.0, 2.0, 5.0)           # points of test-accuracy drop the verdicts are read at
 PRIMARY_BUDGET = 2.0
 REFERENCE_AE = "experiments/checkpoints/ae_cifar10_aux5_reference"   # its auxiliary images are skipped as targets
+HALF_BUDGET = "bs1_none_half"       # the undefended bs-1 attack at half the iterations (convergence.md)
+LONG_RUNS = {1: "experiments/results/as_claim/convnet_bs1/results.jsonl",   # IG at 10,000 iterations, same
+             4: "experiments/results/as_claim/convnet_bs4/results.jsonl"}   # victim, keys and targets
 
 VARIANTS = {
     "smoke": dict(utility={"data.image_size": 16, "victim.name": "convnet_tiny", "victim.init": "torch",
                            "train_count": 256, "eval_count": 128, "epochs": 1, "batch_size": 32},
                   seeds=(0, 1), families=("none", "gaussian noise", "pruning per tensor", "soteria"),
                   strengths=1, bs4_families=("none", "pruning per tensor"),
-                  attacks=dict(image_size=16, victim="convnet_tiny", targets=2, iterations=10, lpips=None,
+                  attacks=dict(image_size=16, victim="convnet_tiny", targets=2, bs4_targets=1, iterations=10, lpips=None,
                                engine={"engine.strategy": "unroll", "engine.attacks_per_device": 2,
                                        "engine.chunk_size": 5, "engine.checkpoint_every": 5})),
     "cpu": dict(utility={"victim.name": "convnet", "victim.init": "torch", "train_count": 5_000,
                          "eval_count": 5_000, "epochs": 8, "batch_size": 64, "learning_rate": 0.05},
                 seeds=(0, 1), families=None, strengths=4,
-                attacks=dict(image_size=None, victim="convnet", targets=16, iterations=2_000, lpips="alexnet",
+                attacks=dict(image_size=None, victim="convnet", targets=16, bs4_targets=8, iterations=4_000, lpips="alexnet",
                              engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4,
                                      "engine.chunk_size": 50, "engine.checkpoint_every": 500})),
     "full": dict(utility={"victim.name": "convnet", "victim.init": "torch", "train_count": 50_000,
                           "eval_count": 10_000, "epochs": 30, "batch_size": 64, "learning_rate": 0.05},
                  seeds=(0, 1, 2), families=None, strengths=4,
-                 attacks=dict(image_size=None, victim="convnet", targets=64, iterations=10_000, lpips="alexnet",
+                 attacks=dict(image_size=None, victim="convnet", targets=64, bs4_targets=64, iterations=10_000,
+                              lpips="alexnet",
                               engine={"engine.chunk_size": 200, "engine.checkpoint_every": 2000})),
 }
 
@@ -187,20 +205,25 @@ def families(v: dict) -> dict[str, list[dict]]:
 
 def study_fields(v: dict, batch_size: int, tv: float) -> dict:
     a = v["attacks"]
+    targets = a["targets"] if batch_size == 1 else a["bs4_targets"]
     return {"data.name": "cifar10", "data.split": "train", "data.image_size": a["image_size"],
-            "targets.starts": list(range(a["targets"])), "targets.batch_size": batch_size,
+            "targets.starts": list(range(targets)), "targets.batch_size": batch_size,
             "victim.name": a["victim"], "victim.init": "torch", "attack.iterations": a["iterations"],
+            "attack.signed": True,
             "attack.restart_selection": "matching", "grid.tv_weight": [tv], "grid.as_weight": [0.0],
             "prior.checkpoint": REFERENCE_AE, "metrics.lpips_net": a["lpips"], **a["engine"]}
 
 
 def run_bs1(v: dict, workdir: str) -> list[str]:
-    """Stage 2: the bs-1 study of every family, run (or resumed) in W/studies; their directories."""
+    """Stage 2: the bs-1 study of every family, run (or resumed) in W/studies; their directories (the
+    undefended one first), then the undefended attack at half the budget (W/studies/bs1_none_half)."""
     names = []
     for family, chosen in families(v).items():
         fields = {**study_fields(v, 1, 1e-6), **study.defense_grid(chosen),
                   "grid.adaptive": [False] if family in ("none", *NO_ADAPTIVE_ARM) else [False, True]}
         names.append(experiment.run_study(workdir, f"bs1_{slug(family)}", fields))
+    experiment.run_study(workdir, HALF_BUDGET, {**study_fields(v, 1, 1e-6), "grid.adaptive": [False],
+                                                "attack.iterations": v["attacks"]["iterations"] // 2})
     return names
 
 
@@ -377,21 +400,31 @@ def leakage_plot(v: dict, points: dict, path: str) -> bool:
     return drawn
 
 
-def convergence(workdir: str, name: str) -> str | None:
-    """W/convergence.md: the undefended bs-1 arm at this budget against as_claim's convnet_bs1 IG arm
-    (same targets, keys and victim at 10,000 iterations), paired per target."""
-    reference = "experiments/results/as_claim/convnet_bs1/results.jsonl"
-    ours = {tuple(r["target_indices"]): r["psnr"] for r in read_records(os.path.join(name, "results.jsonl"))
-            if r.get("status") == "ok"}
-    long = {tuple(r["target_indices"]): r["psnr"] for r in read_records(reference)
-            if r.get("status") == "ok" and r["setting"]["as_weight"] == 0}
-    shared = sorted(set(ours) & set(long))
-    if len(shared) < 2:
-        return None
-    st = paired.paired_stats([ours[t] for t in shared], [long[t] for t in shared])
-    text = (f"Undefended IG at this budget against 10,000 iterations ({reference}), {st['n']} shared targets: "
-            f"ΔPSNR {st['mean']:+.2f} dB [{st['ci_low']:+.2f}, {st['ci_high']:+.2f}], median {st['median']:+.2f}, "
-            f"mean {np.mean([ours[t] for t in shared]):.2f} vs {np.mean([long[t] for t in shared]):.2f} dB.")
+def convergence(v: dict, workdir: str, names: dict[int, list[str]]) -> str:
+    """W/convergence.md: the undefended arm of each batch size paired per target with as_claim's IG arm
+    at 10,000 iterations (LONG_RUNS: the same victim, keys and targets; ConvNet variants only), and the
+    bs-1 one with its own half budget. A pair with fewer than 2 shared targets is left out."""
+    def psnrs(path: str, ig_only: bool = False) -> dict[tuple, float]:
+        return {tuple(r["target_indices"]): r["psnr"] for r in read_records(path)
+                if r.get("status") == "ok" and not (ig_only and r["setting"]["as_weight"])}
+
+    undefended = {b: psnrs(os.path.join(studies[0], "results.jsonl")) for b, studies in names.items()}
+    pairs = [(f"bs {b}, this budget vs 10,000 iterations ({LONG_RUNS[b]})", undefended[b], psnrs(LONG_RUNS[b], True))
+             for b in names if v["attacks"]["victim"] == "convnet"]
+    half = psnrs(os.path.join(workdir, "studies", HALF_BUDGET, "results.jsonl"))
+    pairs.append(("bs 1, this budget vs half of it", undefended[1], half))
+    lines = ["# Has the undefended attack converged?", ""]
+    for label, ours, other in pairs:
+        shared = sorted(set(ours) & set(other))
+        if len(shared) < 2:
+            continue
+        a, b = np.array([ours[t] for t in shared]), np.array([other[t] for t in shared])
+        st = paired.paired_stats(a, b)
+        lines.append(f"- {label}, {st['n']} shared targets: ΔPSNR {st['mean']:+.2f} dB [{st['ci_low']:+.2f}, "
+                     f"{st['ci_high']:+.2f}], median {st['median']:+.2f}; mean {a.mean():.2f} vs {b.mean():.2f} dB; "
+                     f"at or above {strongest.RECOGNISABLE_PSNR:g} dB: {int((a >= strongest.RECOGNISABLE_PSNR).sum())} "
+                     f"vs {int((b >= strongest.RECOGNISABLE_PSNR).sum())}.")
+    text = "\n".join(lines)
     write_text(os.path.join(workdir, "convergence.md"), text + "\n")
     return text
 
@@ -406,8 +439,7 @@ def run(name: str, workdir: str) -> dict:
     names[4] = run_bs4(v, workdir, by_setting)
     out = {"utility": os.path.join(workdir, "utility.md"),
            "leakage": [analyse(v, workdir, names[b], by_setting, b, plot=b == 1) for b in (1, 4)]}
-    if name == "cpu":
-        print(convergence(workdir, names[1][0]))
+    print(convergence(v, workdir, names))
     return out
 
 

@@ -123,7 +123,7 @@ def test_driver_bad_input_is_one_error_line_and_leaves_no_workdir(tmp_path, monk
 @pytest.mark.slow
 def test_defenses_smoke_runs_both_arms_of_every_family_and_reads_the_verdicts(tmp_path):
     """issue 31's driver: utility over 2 seeds, one study per family with the ignorant and the defense-aware
-    arm, the strongest-attack tables and the matched-utility verdicts."""
+    arm, the strongest-attack tables, the matched-utility verdicts and the convergence check."""
     _driver("defenses").run("smoke", str(tmp_path))
     utility = (tmp_path / "utility.md").read_text()
     assert "| soteria | soteria_pruning=0.4 | not measured" in utility and utility.count("\n|") == 5
@@ -138,6 +138,9 @@ def test_defenses_smoke_runs_both_arms_of_every_family_and_reads_the_verdicts(tm
     assert len(found) == 6 and all(f"least leaking {v['least']} " in text for v in found)
     assert (tmp_path / "leakage_utility_bs1.png").stat().st_size > 0
     assert (tmp_path / "leakage_bs4.md").read_text().count("\n| bs4_") == 2
+    half = read_records(os.path.join(tmp_path, "studies", "bs1_none_half", "results.jsonl"))
+    assert [r["iterations"] for r in half] == [5, 5] and all(r["config"]["attack"]["signed"] for r in half)
+    assert "bs 1, this budget vs half of it, 2 shared targets" in (tmp_path / "convergence.md").read_text()
 
 
 def test_pruning_claim_needs_the_interval_and_the_test():
