@@ -10,7 +10,8 @@ becomes studies run by the one study runner (gipip_jax/study.py), in W/studies/:
 - "declared": the setup as given, under the strongest suite: labels recovered from the update first
   (iDLG at batch size 1, bias_count above: the most accurate in experiments/README.md's label table),
   then Inverting Gradients and GI-PIP (when an AE prior fits the images), each also in its
-  defense-aware form when a defense is on (grid `adaptive`, gipip_jax/adaptive.py).
+  defense-aware form when a defense is on (grid `adaptive`, gipip_jax/adaptive.py). Every attack
+  takes Inverting Gradients' signed Adam steps (SIGNED_STEPS).
 - "stronger_<defense>": the next `--stronger` settings of the declared defense (`Defense.stronger`),
   or of Gaussian noise and pruning when none is declared, under IG, ignorant and defense-aware; and
   "stronger_least_leaking": the defense study's least-leaking defense at 2 points of accuracy drop
@@ -43,6 +44,10 @@ from gipip_jax import configs
 RECOGNISABLE_LPIPS = 0.034   # AlexNet-LPIPS of Gaussian noise std 0.1 (README, "Reading the metrics")
 SHIPPED_PRIOR = "experiments/checkpoints/ae_cifar10_aux5"   # MSE/Adam AE, 32x32x3, 2,500 CIFAR-10 train images
 AS_WEIGHT = 0.1     # λ_AS of the confirmed AS claim (experiments/README.md)
+# Signed Adam steps, as Inverting Gradients takes them: on the ConvNet at bs 1, 16 CIFAR-10 targets, 2,000
+# iterations, IG with signed steps beat GI-PIP's unsigned ones by +3.57 dB [+1.81, +5.58], 13 of 16
+# (experiments/results/defenses/budget_pilot). `--set attack.signed=False` takes the unsigned ones.
+SIGNED_STEPS = True
 TV_WEIGHTS = {1: 1e-6}   # λ_TV at batch size 1 (IG's); larger batches 1e-5 (the defense study's bs 4)
 UNDEFENDED_OPTIONS = ("noise", "prune")   # defenses the "what would help" table tries when none is declared
 # The defense study's verdicts (experiments/defenses.py, published): its least-leaking defense at
@@ -213,7 +218,8 @@ def study_fields(setup: dict, settings: list[dict], *, prior: str, gipip: bool) 
               "targets.starts": list(range(setup["targets"])), "targets.batch_size": bs,
               "victim.name": setup["model"], "victim.checkpoint": setup["checkpoint"], "victim.init": setup["init"],
               "victim.init_seed": setup["init_seed"], "prior.checkpoint": prior,
-              "attack.iterations": setup["iterations"], "attack.labels": "idlg" if bs == 1 else "bias_count",
+              "attack.iterations": setup["iterations"], "attack.signed": SIGNED_STEPS,
+              "attack.labels": "idlg" if bs == 1 else "bias_count",
               "threat.kind": setup["fl"], "threat.local_steps": setup["local_steps"],
               "threat.local_lr": setup["local_lr"], "threat.clients": setup["clients"],
               "grid.tv_weight": [TV_WEIGHTS.get(bs, 1e-5)], "grid.as_weight": [0.0, AS_WEIGHT] if gipip and prior else [0.0],
@@ -223,6 +229,11 @@ def study_fields(setup: dict, settings: list[dict], *, prior: str, gipip: bool) 
         key, _, text = assignment.partition("=")
         fields[key] = configs.parse_value(text)
     return fields
+
+
+def steps_signed(setup: dict) -> bool:
+    """Whether the audit's attacks take signed Adam steps (SIGNED_STEPS unless `--set attack.signed=False`)."""
+    return bool(study_fields(setup, [setup["defense"]], prior="", gipip=False)["attack.signed"])
 
 
 def run(setup: dict, workdir: str) -> dict:
@@ -444,7 +455,8 @@ def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: di
                     f"images) the median is {d['oracle_median_psnr']:.1f} dB. Median CI: percentile bootstrap over "
                     f"targets, {paired.RESAMPLES:,} resamples, seed {paired.SEED}."),
               ("h2", "Threat model"), ("p", threat_paragraph(setup)),
-              ("p", "Attacks: " + ", ".join(d["suite"]) + f"; {setup['iterations']} iterations, {setup['targets']} "
+              ("p", "Attacks: " + ", ".join(d["suite"]) + f"; {setup['iterations']} iterations of "
+                    f"{'signed' if steps_signed(setup) else 'unsigned'} Adam steps, {setup['targets']} "
                     f"batches of {setup['batch_size']} from {setup['data']} {setup['split']}"
                     + ("" if summary["gipip"] else "; GI-PIP not run: no AE prior fits these images (--prior)") + ".")]
     eps = d["dp_epsilon"]

@@ -76,6 +76,7 @@ def test_the_headline_counts_are_those_of_the_picked_records(audited):
     assert audit.headline(summary) in done.stdout
     report = (w / "report.md").read_text()
     assert audit.headline(summary) in report and "labels recovered" in report
+    assert all(r["config"]["attack"]["signed"] for r in records) and "10 iterations of signed Adam steps" in report
     assert (w / "report" / "worst_cases.png").exists() and (w / "report.html").exists()
     # what would help: the declared setting, then pruning 0.9 with its measured accuracy cost
     [stronger] = summary["stronger"]
@@ -217,3 +218,12 @@ def test_the_setup_becomes_study_fields_in_a_users_words():
     assert undefended["grid.adaptive"] == [False]
     with pytest.raises(ValueError, match="are not one field at a time"):
         audit.study_fields(setup, [{"noise_std": 0.01}, {"prune_sparsity": 0.9}], prior="", gipip=False)
+
+
+def test_the_suite_takes_signed_steps_unless_the_user_sets_them_off(tmp_path):
+    def setup(*extra):
+        return audit.setup_of(cli.build_parser().parse_args(
+            ["audit", "--model", USER_MODEL, "--data", "cifar10", "--workdir", str(tmp_path), *extra]))
+
+    assert audit.SIGNED_STEPS and audit.steps_signed(setup())
+    assert not audit.steps_signed(setup("--set", "attack.signed=False"))
