@@ -21,10 +21,9 @@ Stage 2, leakage at batch size 1 (design fixed before its first attack): the unt
 (PyTorch's init, seed 0), CIFAR-10 TRAIN targets (batch numbers 0..15, the AE's auxiliary images
 skipped: the targets of as_claim's convnet_bs1), given labels, Inverting Gradients (cosine + TV
 1e-6, Adam 0.1 on the gradient's sign, step schedule, 1 restart). One study per family holds every
-strength twice:
-the ignorant attack and the defense-aware one (grid `adaptive`, gipip_jax/adaptive.py; clipping has
-no defense-aware arm: cosine matching is blind to a rescaling, so it would be the same attack), plus
-the undefended study, and the undefended attack at half the budget (bs1_none_half). Budget: 4,000
+strength twice: the ignorant attack and the defense-aware one (grid `adaptive`, gipip_jax/adaptive.py;
+clipping has no defense-aware arm: cosine matching is blind to a rescaling, so it would be the same
+attack), plus the undefended study, and the undefended attack at half the budget (bs1_none_half). Budget: 4,000
 iterations. W/convergence.md pairs the undefended arm per target with as_claim's convnet_bs1 IG arm
 (the same targets, keys and victim, unsigned Adam at 10,000 iterations) and with its own half budget.
 Stage 3, batch size 4: per family the strength whose mean utility drop is nearest 2 points (Soteria:
@@ -38,7 +37,7 @@ attacks, failed the convergence check: 19.43 dB mean against 24.28 at 10,000 ite
 16 targets (records in experiments/results/defenses/budget_pilot/) gave, against that reference:
 signed Adam at 2,000 iterations 22.99 dB, -1.28 [-2.33, -0.31]; signed at 4,000, 24.01 dB, -0.27
 [-1.08, +0.54], 14 of 16 at or above 20 dB. So the study attacks with Inverting Gradients' own signed
-steps at 4,000 iterations; bs 4 takes 8 batches to keep the CPU budget near 22 hours. The endpoint,
+steps at 4,000 iterations; bs 4 takes 8 batches, which holds the rest near 23 CPU hours. The endpoint,
 the families, the strengths, the targets at bs 1 and the analysis are unchanged.
 
 Leakage per target is the PSNR of the suite's strongest reconstruction (gipip_jax/strongest.py): the
