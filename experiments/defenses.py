@@ -23,8 +23,8 @@ skipped: the targets of as_claim's convnet_bs1), given labels, Inverting Gradien
 1e-6, Adam 0.1 on the gradient's sign, step schedule, 1 restart). One study per family holds every
 strength twice: the ignorant attack and the defense-aware one (grid `adaptive`, gipip_jax/adaptive.py;
 clipping has no defense-aware arm: cosine matching is blind to a rescaling, so it would be the same
-attack), plus the undefended study, and the undefended attack at half the budget (bs1_none_half). Budget: 4,000
-iterations. W/convergence.md pairs the undefended arm per target with as_claim's convnet_bs1 IG arm
+attack), plus the undefended study, and the undefended attack at half the budget (bs1_none_half).
+Budget: 4,000 iterations. W/convergence.md pairs the undefended arm per target with as_claim's convnet_bs1 IG arm
 (the same targets, keys and victim, unsigned Adam at 10,000 iterations) and with its own half budget.
 Stage 3, batch size 4: per family the strength whose mean utility drop is nearest 2 points (Soteria:
 0.8), both arms, 8 disjoint train batches of 4 with distinct labels, λ_TV 1e-5, 4,000 iterations;
