@@ -63,7 +63,7 @@ Variants:
          test accuracy on 5,000 test images, seeds 0 and 1, 29 settings: ~0.4 s a step (DP-SGD
          ~0.85), 5–12 min a setting, ~3.3 h a seed (measured). Attacks (budgeted at the measured
          ~82 attack-steps/s at bs 1 and ~24 at bs 4, vmap_patches x 4): bs 1, 1 + 60 arms x 16
-         targets x 4,000 iterations + the half-budget arm = 3.94M attack-steps, ~13.4 h; bs 4, 1 + 15
+         targets x 4,000 iterations + the half-budget arm = 3.94M attack-steps, ~13.3 h; bs 4, 1 + 15
          arms x 8 batches x 4,000 = 0.51M, ~6 h. With seed 1's utility, ~23 CPU hours from the
          amendment: a multi-session run; kill it at any time and rerun the same command to resume.
   full   ConvNet, utility on all 50,000 train images, 30 epochs, the 10,000 test images, seeds 0, 1
