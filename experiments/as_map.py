@@ -65,7 +65,7 @@ import sys
 import numpy as np
 
 from gipip_jax import experiment, paired
-from gipip_jax.results import read_records
+from gipip_jax.results import by_target, read_records
 from gipip_jax.workdir import write_text
 
 MSE_AE = "experiments/checkpoints/ae_cifar10_aux5"                   # MSE, Adam 1e-3, 150 epochs
@@ -167,16 +167,14 @@ def run_dose(v: dict, workdir: str, aes: dict[str, str]) -> None:
                                                                     d["iterations"], 1e-5, [AS_WEIGHT], path))
 
 
-def by_target(workdir: str, study: str) -> dict[tuple, dict]:
-    records = read_records(os.path.join(workdir, "studies", study, "results.jsonl"))
-    return {tuple(r["target_indices"]): r for r in records if r.get("status") == "ok"}
+def study_records(workdir: str, study: str) -> list[dict]:
+    return read_records(os.path.join(workdir, "studies", study, "results.jsonl"))
 
 
 def contrast(workdir: str, treatment: str, baseline: str, metric: str = "psnr") -> dict:
     """paired.paired_stats of study `treatment` − study `baseline` over their common targets."""
-    a, b = by_target(workdir, treatment), by_target(workdir, baseline)
-    common = sorted(set(a) & set(b))
-    return paired.paired_stats([a[t].get(metric, np.nan) for t in common], [b[t].get(metric, np.nan) for t in common])
+    return paired.paired_stats(*paired.shared_targets(by_target(study_records(workdir, treatment)),
+                                                      by_target(study_records(workdir, baseline)), metric))
 
 
 def dose_report(name: str, v: dict, workdir: str, aes: dict[str, str]) -> list[str]:
@@ -277,14 +275,11 @@ def size_report(name: str, v: dict, workdir: str) -> list[str]:
     """W/batch_size.md and W/batch_size/report.md: every arm against its study's IG arm."""
     arms = []
     for study, s in v["sizes"].items():
-        records = read_records(os.path.join(workdir, "studies", study, "results.jsonl"))
-        ig = {tuple(r["target_indices"]): r for r in records if r["setting"]["as_weight"] == 0 and r["status"] == "ok"}
+        records = study_records(workdir, study)
+        ig = by_target(records, lambda r: r["setting"]["as_weight"] == 0)
         for weight in s["as_weights"][1:]:
-            arm = {tuple(r["target_indices"]): r for r in records
-                   if r["setting"]["as_weight"] == weight and r["status"] == "ok"}
-            common = sorted(set(arm) & set(ig))
-            stats = {m: paired.paired_stats([arm[t].get(m, np.nan) for t in common], [ig[t].get(m, np.nan) for t in common])
-                     for m in ("psnr", "ssim_padded")}
+            arm = by_target(records, lambda r: r["setting"]["as_weight"] == weight)
+            stats = {m: paired.paired_stats(*paired.shared_targets(arm, ig, m)) for m in ("psnr", "ssim_padded")}
             arms.append((s["batch_size"], weight, stats))
     for metric in ("psnr", "ssim_padded"):   # Holm over the arms, per metric
         paired.adjust_family([st[metric] for _, _, st in arms])

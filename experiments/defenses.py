@@ -80,7 +80,7 @@ import sys
 import numpy as np
 
 from gipip_jax import defenses, experiment, paired, strongest, study, utility
-from gipip_jax.results import read_records
+from gipip_jax.results import by_target, read_records
 from gipip_jax.workdir import write_text
 
 UTILITY_CONFIG = "experiments/configs/utility_cifar10.py"
@@ -402,30 +402,16 @@ def leakage_plot(v: dict, points: dict, path: str) -> bool:
 def convergence(v: dict, workdir: str, names: dict[int, list[str]]) -> str:
     """W/convergence.md: the undefended arm of each batch size paired per target with as_claim's IG arm
     at 10,000 iterations (LONG_RUNS: the same victim, keys and targets; ConvNet variants only), and the
-    bs-1 one with its own half budget. A pair with fewer than 2 shared targets is left out."""
-    def psnrs(path: str, ig_only: bool = False) -> dict[tuple, float]:
-        return {tuple(r["target_indices"]): r["psnr"] for r in read_records(path)
-                if r.get("status") == "ok" and not (ig_only and r["setting"]["as_weight"])}
+    bs-1 one with its own half budget (experiment.write_convergence)."""
+    def study(path: str, ig_only: bool = False) -> dict[tuple, dict]:
+        return by_target(read_records(path), (lambda r: not r["setting"]["as_weight"]) if ig_only else None)
 
-    undefended = {b: psnrs(os.path.join(studies[0], "results.jsonl")) for b, studies in names.items()}
-    pairs = [(f"bs {b}, this budget vs 10,000 iterations ({LONG_RUNS[b]})", undefended[b], psnrs(LONG_RUNS[b], True))
+    undefended = {b: study(os.path.join(studies[0], "results.jsonl")) for b, studies in names.items()}
+    pairs = [(f"bs {b}, this budget vs 10,000 iterations ({LONG_RUNS[b]})", undefended[b], study(LONG_RUNS[b], True))
              for b in names if v["attacks"]["victim"] == "convnet"]
-    half = psnrs(os.path.join(workdir, "studies", HALF_BUDGET, "results.jsonl"))
-    pairs.append(("bs 1, this budget vs half of it", undefended[1], half))
-    lines = ["# Has the undefended attack converged?", ""]
-    for label, ours, other in pairs:
-        shared = sorted(set(ours) & set(other))
-        if len(shared) < 2:
-            continue
-        a, b = np.array([ours[t] for t in shared]), np.array([other[t] for t in shared])
-        st = paired.paired_stats(a, b)
-        lines.append(f"- {label}, {st['n']} shared targets: ΔPSNR {st['mean']:+.2f} dB [{st['ci_low']:+.2f}, "
-                     f"{st['ci_high']:+.2f}], median {st['median']:+.2f}; mean {a.mean():.2f} vs {b.mean():.2f} dB; "
-                     f"at or above {strongest.RECOGNISABLE_PSNR:g} dB: {int((a >= strongest.RECOGNISABLE_PSNR).sum())} "
-                     f"vs {int((b >= strongest.RECOGNISABLE_PSNR).sum())}.")
-    text = "\n".join(lines)
-    write_text(os.path.join(workdir, "convergence.md"), text + "\n")
-    return text
+    pairs.append(("bs 1, this budget vs half of it", undefended[1],
+                  study(os.path.join(workdir, "studies", HALF_BUDGET, "results.jsonl"))))
+    return experiment.write_convergence(os.path.join(workdir, "convergence.md"), pairs)
 
 
 def run(name: str, workdir: str) -> dict:

@@ -1,6 +1,6 @@
 """The three learned-prior families at equal auxiliary data, on the same targets (issue 31, part 1):
 Learning to Invert (a network from the update to the image), GI-PIP (an AE's anomaly score) and a GAN
-prior, next to Inverting Gradients. Design fixed before its first attack.
+prior, next to Inverting Gradients. Design fixed before its first attack (amended before it, see below).
 
     python experiments/three_priors.py VARIANT [WORKDIR]      (default WORKDIR runs/three_priors_VARIANT)
 
@@ -11,28 +11,37 @@ the same auxiliary images: 5 % of CIFAR-10 train (the 2,500 images of the shippe
 experiments/configs/ae_cifar10.py) in `cpu`; all of train but 1,000 held out (LTI's own amount) in
 `full`, where the AE and the GAN are trained on that too.
 
-Arms (one study each, W/studies/NAME):
-  ig       cosine + TV 1e-6, Adam 0.1, step schedule, ITER iterations
+Arms (one study each, W/studies/NAME); the pixel arms take Inverting Gradients' signed Adam steps:
+  ig       cosine + TV 1e-6, signed Adam 0.1, step schedule, ITER iterations
   gipip    the same + AS with the MSE/Adam AE, λ_AS 1e-2 (the bs-1 weight where AS carries a real share
            of the step: as_claim part b)
-  gan      the GAN prior (latent, then generator-weight search), ITER iterations
+  gan      the GAN prior (latent, then generator-weight search; its own unsigned Adam), ITER iterations
   lti      the LTI network's output alone (0 iterations)
   lti_ig   LTI's output, then ITER iterations of IG from it
+  ig_half  IG at ITER / 2 iterations: the convergence check (W/convergence.md pairs ig with it), since
+           an unconverged IG would hand LTI's warm start an easy gain
 PRIMARY ENDPOINT: per arm, paired ΔPSNR against IG over the 16 targets, 95 % percentile bootstrap CI
 (10,000 resamples, seed 0), Wilcoxon p with Holm over the 4 arms (W/report.md, baseline IG); beside it
-SSIM, LPIPS and the image grid.
+SSIM, LPIPS and the image grid. ig_half is not an arm of the comparison (W/convergence.md only).
+
+Amendment (before any attack of this study): the first design took GI-PIP's unsigned Adam steps at
+ITER 2,000. On the defense study's ConvNet at bs 1 (16 CIFAR-10 targets, experiments/results/defenses/
+budget_pilot) that budget left the undefended IG 4.85 dB [2.79, 6.92] below 10,000 iterations, while
+signed steps at 4,000 came within −0.27 dB [−1.08, +0.54]; so ITER is 4,000 with signed steps, and
+the half-budget arm checks convergence on this study's own victim and targets.
 
 All three trainers draw their images with data.auxiliary_split (seed 0, the same held-out count), so
 they learn from the same images in every variant.
 
-Budget on the 2-core CPU (cpu: ITER 2,000): LTI training (inverter_cifar10.py:cpu) ~1.6 h; ig, gipip
-and lti_ig 3 x 16 x 2,000 = 96k attack-steps at ~60/s, ~30 min; gan 32k generator steps, ~30 min; in
-all ~2.7 CPU hours, resumable. `full`: 10,000 iterations and the priors on all of train: for a GPU.
+Budget on the 2-core CPU (cpu: ITER 4,000): LTI training (inverter_cifar10.py:cpu) ~1.6 h; ig, gipip
+and lti_ig 3 x 16 x 4,000 = 192k attack-steps and ig_half 32k, at ~80/s with signed steps, ~50 min;
+gan 64k generator steps, ~1 h; in all ~3.4 CPU hours, resumable. `full`: 10,000 iterations and the
+priors on all of train: for a GPU.
 
 Variants:
   smoke  tiny victim, 32 px, 256 auxiliary images (inverter_cifar10.py:smoke; AE and GAN trained a
          few steps on the same images), 2 targets, 10 iterations (tested in CI)
-  cpu    as above, ITER 2,000, the shipped AE and GAN (5 %)
+  cpu    as above, ITER 4,000, the shipped AE and GAN (5 %)
   full   ITER 10,000, every prior trained on all of train (not run yet: no GPU lent)
 """
 
@@ -42,19 +51,21 @@ import os
 import sys
 
 from gipip_jax import experiment, jobs
+from gipip_jax.results import by_target, read_records
 
 INVERTER_CONFIG = "experiments/configs/inverter_cifar10.py"
 MSE_AE = "experiments/checkpoints/ae_cifar10_aux5"
 GAN = "experiments/checkpoints/gan_cifar10_aux5"
 AS_WEIGHT = 1e-2
 ARMS = ("ig", "gipip", "gan", "lti", "lti_ig")
+HALF_BUDGET = "ig_half"   # IG at half the iterations: W/convergence.md, not an arm of the comparison
 
 VARIANTS = {
     "smoke": dict(inverter="smoke", victim="convnet_tiny", targets=2, iterations=10, lpips=None,
                   train=dict(count=256, ae_steps=16, gan_steps=4),
                   engine={"engine.strategy": "unroll", "engine.attacks_per_device": 2, "engine.chunk_size": 5,
                           "engine.checkpoint_every": 10}),
-    "cpu": dict(inverter="cpu", victim="convnet", targets=16, iterations=2000, lpips="alexnet", train=None,
+    "cpu": dict(inverter="cpu", victim="convnet", targets=16, iterations=4000, lpips="alexnet", train=None,
                 engine={"engine.chunk_size": 50, "engine.checkpoint_every": 500}),
     "full": dict(inverter="full", victim="convnet", targets=16, iterations=10_000, lpips="alexnet",
                  train=dict(fraction=1.0, ae_steps=150 * 49_000 // 16, gan_steps=40_000),
@@ -81,20 +92,31 @@ def priors(v: dict, workdir: str, heldout: int) -> dict[str, str]:
 
 
 def arm_fields(v: dict, arm: str, paths: dict[str, str]) -> tuple[str, dict]:
-    """(study config, dotted fields) of one arm."""
+    """(study config, dotted fields) of one arm (ARMS or HALF_BUDGET)."""
     fields = {"data.name": "cifar10", "data.split": "test",
               "targets.starts": list(range(v["targets"])), "victim.name": v["victim"],
-              "attack.iterations": v["iterations"], "grid.tv_weight": [1e-6], "grid.as_weight": [0.0],
+              "attack.iterations": v["iterations"], "attack.signed": True, "grid.tv_weight": [1e-6], "grid.as_weight": [0.0],
               "metrics.lpips_net": v["lpips"], **v["engine"]}
     if arm == "gipip":
         return experiment.STUDY_CONFIG, {**fields, "prior.checkpoint": paths["ae"], "grid.as_weight": [AS_WEIGHT]}
     if arm == "gan":   # per-attack generator weights, one attack after another (experiment.learned_prior_fields)
         pinned = experiment.learned_prior_fields(fields, v["iterations"], pinned_engine=True)
-        return experiment.STUDY_GAN_CONFIG, {**pinned, "gan.checkpoint": paths["gan"]}
+        return experiment.STUDY_GAN_CONFIG, {**pinned, "gan.checkpoint": paths["gan"], "attack.signed": False}
     if arm in ("lti", "lti_ig"):
         return "experiments/configs/study_lti_cifar10.py", {
             **fields, "inverter.checkpoint": paths["inverter"], "attack.iterations": 0 if arm == "lti" else v["iterations"]}
+    if arm == HALF_BUDGET:
+        return experiment.STUDY_CONFIG, {**fields, "attack.iterations": v["iterations"] // 2}
     return experiment.STUDY_CONFIG, fields
+
+
+def convergence(workdir: str) -> str:
+    """W/convergence.md: IG at ITER iterations paired per target with IG at half of them."""
+    def study(name: str) -> dict[tuple, dict]:
+        return by_target(read_records(os.path.join(workdir, "studies", name, "results.jsonl")))
+
+    return experiment.write_convergence(os.path.join(workdir, "convergence.md"),
+                                        [("IG, this budget vs half of it", study("ig"), study(HALF_BUDGET))])
 
 
 def run(name: str, workdir: str) -> dict:
@@ -107,11 +129,15 @@ def run(name: str, workdir: str) -> dict:
         spec, fields = arm_fields(v, arm, paths)
         experiment.run_study(workdir, arm, fields, spec)
         studies.append({"dir": f"studies/{arm}", "series": "IG" if arm == "ig" else arm})
+    spec, fields = arm_fields(v, HALF_BUDGET, paths)
+    experiment.run_study(workdir, HALF_BUDGET, fields, spec)
+    print(convergence(workdir))
     notes = [f"{kind}: {path}" for kind, path in paths.items()]
     return experiment.finish(workdir, {
         "title": f"Three prior families at equal auxiliary data: LTI, GI-PIP, GAN prior against IG ({name})",
         "description": "Untrained ConvNet (Flax init, seed 0), bs 1, no defense, given labels, CIFAR-10 test "
-                       "targets; every prior learned from the same auxiliary images.",
+                       "targets; every prior learned from the same auxiliary images; signed Adam steps in the "
+                       "pixel arms. Convergence of IG (this budget vs half of it): convergence.md.",
         "command": f"python experiments/three_priors.py {name} {workdir}", "baseline": "IG", "x_label": "arm",
         "studies": studies, "notes": notes})
 

@@ -123,6 +123,28 @@ def learned_prior_fields(fields: dict, iterations: int, *, pinned_engine: bool) 
     return out
 
 
+def write_convergence(path: str, pairs: list[tuple[str, dict, dict]]) -> str:
+    """Writes `path` ("Has the attack converged?", markdown) and returns its text: per (label, this
+    budget's {target: record}, another budget's) the paired ΔPSNR with its 95 % bootstrap CI over the
+    targets both hold, the two means, and the targets at or above strongest.RECOGNISABLE_PSNR. A pair
+    with fewer than 2 shared targets is left out."""
+    from gipip_jax import paired, strongest
+
+    threshold = strongest.RECOGNISABLE_PSNR
+    lines = ["# Has the attack converged?", ""]
+    for label, ours, other in pairs:
+        a, b = paired.shared_targets(ours, other)
+        if len(a) < 2:
+            continue
+        st = paired.paired_stats(a, b)
+        lines.append(f"- {label}, {st['n']} shared targets: ΔPSNR {st['mean']:+.2f} dB [{st['ci_low']:+.2f}, "
+                     f"{st['ci_high']:+.2f}], median {st['median']:+.2f}; mean {a.mean():.2f} vs {b.mean():.2f} dB; "
+                     f"at or above {threshold:g} dB: {int((a >= threshold).sum())} vs {int((b >= threshold).sum())}.")
+    text = "\n".join(lines)
+    write_text(path, text + "\n")
+    return text
+
+
 def prior_metadata(path: str) -> dict:
     """The AE checkpoint's metadata (aux count and fraction, held-out error, ...)."""
     return checkpoints.load_autoencoder(path)[2]

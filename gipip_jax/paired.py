@@ -82,6 +82,14 @@ def paired_stats(treatment, baseline, *, confidence: float = 0.95, resamples: in
             "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "confidence": confidence}
 
 
+def shared_targets(treatment: dict, baseline: dict, metric: str = "psnr") -> tuple[np.ndarray, np.ndarray]:
+    """`metric` of the targets both {target: record} maps hold (results.by_target), in sorted target
+    order, as the order-matched arrays paired_stats takes; NaN where a record lacks the metric."""
+    common = sorted(set(treatment) & set(baseline))
+    return (np.array([treatment[t].get(metric, np.nan) for t in common], float),
+            np.array([baseline[t].get(metric, np.nan) for t in common], float))
+
+
 def holm(p_values) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values of a family (step-down: the k-th smallest of the m finite
     p-values times m - k + 1, made non-decreasing, at most 1); NaN entries stay NaN and do not count."""

@@ -105,6 +105,13 @@ def read_records(path: str) -> list[dict]:
     return records
 
 
+def by_target(records: Iterable[dict], keep=None) -> dict[tuple, dict]:
+    """{target indices: record} of the records with status "ok" that `keep(record)` accepts (all of them
+    by default); a target attacked twice keeps its last record."""
+    return {tuple(r["target_indices"]): r for r in records
+            if r.get("status") == "ok" and (keep is None or keep(r))}
+
+
 def warn_duplicates(path: str, records: list[dict]) -> None:
     """One line on stderr if `records` (read from `path`) hold an attack (fingerprint, attack_id) more than once."""
     keys = [(r.get("fingerprint"), r["attack_id"]) for r in records if "attack_id" in r]

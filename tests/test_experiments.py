@@ -84,6 +84,10 @@ def test_three_priors_smoke_attacks_the_same_targets_with_every_prior_trained_on
     ae = json.loads((tmp_path / "priors" / "ae" / "ae" / "metadata.json").read_text())
     assert gan["aux_count"] == ae["aux_count"] == 256 and gan["aux_seed"] == ae["aux_seed"] == 0
     assert (tmp_path / "report.md").read_text().count("against IG on 2 paired targets") == 4
+    assert all(r["config"]["attack"]["signed"] for r in read_records(os.path.join(tmp_path, "studies", "ig", "results.jsonl")))
+    half = read_records(os.path.join(tmp_path, "studies", "ig_half", "results.jsonl"))
+    assert [r["iterations"] for r in half] == [5, 5] and sorted(tuple(r["target_indices"]) for r in half) == targets
+    assert "IG, this budget vs half of it, 2 shared targets" in (tmp_path / "convergence.md").read_text()
 
 
 @pytest.mark.slow

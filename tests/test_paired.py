@@ -113,3 +113,30 @@ def test_median_ci_resamples_whole_targets_and_is_fixed_by_its_seed():
     low, high = paired.bootstrap_median_ci(blocks)
     assert 2 * low == int(2 * low) and 2 * high == int(2 * high)   # medians of whole targets: n or n + 0.5
     assert np.isnan(paired.bootstrap_median_ci(values[:1])).all()
+
+
+def test_shared_targets_pairs_only_the_targets_both_arms_hold_in_target_order():
+    from gipip_jax.results import by_target
+
+    treatment = by_target([{"target_indices": [t], "status": "ok", "psnr": float(t)} for t in (3, 1, 2)]
+                          + [{"target_indices": [5], "status": "failed"}])
+    baseline = by_target([{"target_indices": [t], "status": "ok", "psnr": 10.0 + t} for t in (1, 2, 4)],
+                         keep=lambda r: r["target_indices"] != [4])
+    assert sorted(treatment) == [(1,), (2,), (3,)] and sorted(baseline) == [(1,), (2,)]
+    a, b = paired.shared_targets(treatment, baseline)
+    np.testing.assert_array_equal(a, [1.0, 2.0])
+    np.testing.assert_array_equal(b, [11.0, 12.0])
+    a, _ = paired.shared_targets(treatment, baseline, "ssim")   # a metric the records lack: NaN, dropped by paired_stats
+    assert np.isnan(a).all() and paired.paired_stats(a, b)["n"] == 0
+
+
+def test_convergence_report_pairs_the_budgets_per_target(tmp_path):
+    from gipip_jax import experiment
+
+    long = {(t,): {"psnr": 20.0 + t} for t in range(4)}
+    short = {(t,): {"psnr": 18.0 + t} for t in range(4)}
+    text = experiment.write_convergence(str(tmp_path / "convergence.md"),
+                                        [("this vs half", long, short), ("one target only", long, {(0,): {"psnr": 1.0}})])
+    assert "- this vs half, 4 shared targets: ΔPSNR +2.00 dB [+2.00, +2.00]" in text
+    assert "mean 21.50 vs 19.50 dB; at or above 20 dB: 4 vs 2." in text and "one target only" not in text
+    assert (tmp_path / "convergence.md").read_text() == text + "\n"
