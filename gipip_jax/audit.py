@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fl.add_argument("--epochs", type=int, default=0, help="training epochs (DP-SGD's eps)")
     audit = parser.add_argument_group("the audit")
     audit.add_argument("--targets", type=int, default=16, help="client batches attacked (default 16)")
-    audit.add_argument("--iterations", type=int, default=2000, help="attack iterations (default 2000)")
+    audit.add_argument("--iterations", type=int, default=2000, help="attack iterations (default 2000; 4000 for a converged attack on the "
+                       "ConvNet: README, 'Audit your own model')")
     audit.add_argument("--prior", default="auto", help="AE prior for GI-PIP: a `gipip-jax train-ae` checkpoint, "
                        f"'none', or 'auto' (the shipped {SHIPPED_PRIOR} when images are 32x32x3)")
     audit.add_argument("--stronger", type=int, default=2, help="stronger defense settings tried (default 2, 0: none)")
