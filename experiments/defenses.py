@@ -54,7 +54,8 @@ correction over the comparisons. Seed 002's claim "pruning protects best at matc
 D if a pruning family (per tensor or global) is the least leaking and every other family's CI lies
 above 0; it is refuted if some family's CI lies below 0 against pruning; otherwise undecided. The
 same is reported at D = 1 and 5 points and for the ignorant suite (does pruning stay best when the
-attacker adapts?). Reports: W/leakage_bs1.md (+ .png plots), W/leakage_bs4.md.
+attacker adapts?). Reports: W/leakage_bs1.md (+ .png plots), W/leakage_bs4.md; every attack's PSNR
+and oracle-free score beside them: W/scores_bs1.jsonl, W/scores_bs4.jsonl.
 
 Variants:
   smoke  convnet_tiny at 16 px: utility 256 train images, 1 epoch, 2 seeds; attacks 2 targets (bs 4: 1
@@ -173,7 +174,8 @@ def defense_key(setting: dict) -> str:
 
 def utility_table(v: dict, by_setting: dict[str, list[dict]]) -> str:
     """Markdown: per setting, test accuracy mean ± sd over seeds, the mean drop from the undefended
-    run of the same seed (points), and DP-SGD's ε."""
+    run of the same seed (points), and DP-SGD's ε; "(diverged: seeds S)" marks seeds whose training loss
+    ended non-finite (the accuracy is then that of the diverged model, kept as measured)."""
     base = {r["recipe"]["seed"]: r["eval_acc"] for r in by_setting["none"]}
     seeds = sorted({r["recipe"]["seed"] for r in by_setting["none"]})
     lines = [f"| family | defense | test acc (mean ± sd over seeds {seeds}) | drop (points) | DP ε (δ) |",
@@ -190,7 +192,9 @@ def utility_table(v: dict, by_setting: dict[str, list[dict]]) -> str:
         drop_sd = f" ± {drop.std(ddof=1):.1f}" if len(drop) > 1 else ""
         eps = records[0].get("dp_epsilon")
         eps_text = "–" if eps is None else f"{eps:.3g} ({records[0]['dp_delta']:g})"
-        lines.append(f"| {family} | {key} | {acc.mean():.3f}{sd} | {drop.mean():+.1f}{drop_sd} | {eps_text} |")
+        diverged = [r["recipe"]["seed"] for r in records if not np.isfinite(r.get("train_loss") or 0.0)]
+        note = f" (diverged: seeds {diverged})" if diverged else ""
+        lines.append(f"| {family} | {key} | {acc.mean():.3f}{sd}{note} | {drop.mean():+.1f}{drop_sd} | {eps_text} |")
     return "\n".join(lines)
 
 
@@ -262,11 +266,17 @@ def bs4_setting(family: str, chosen: list[dict], by_setting: dict[str, list[dict
 def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[dict]], batch_size: int,
             plot: bool) -> str:
     """W/leakage_bsB.md (and the leakage-utility plot): per setting its utility and its leakage under the
-    ignorant suite and the full suite (oracle-free and oracle), then the verdicts at BUDGETS."""
-    cells, picks_used = {}, {"ignorant": {}, "oracle_free": {}, "oracle": {}}
+    ignorant suite and the full suite (oracle-free and oracle), then the verdicts at BUDGETS. W/scores_bsB.jsonl
+    holds every ok attack's PSNR and defense-aware matching value (the oracle-free criterion,
+    strongest.rescore), one JSON line each, so that every pick and CI can be recomputed without JAX."""
+    cells, picks_used, scored = {}, {"ignorant": {}, "oracle_free": {}, "oracle": {}}, []
     for name in names:
         records = [r for r in read_records(os.path.join(name, "results.jsonl")) if r.get("status") == "ok"]
-        picks = strongest.strongest(records, strongest.rescore(name, records))
+        scores = strongest.rescore(name, records)
+        picks = strongest.strongest(records, scores)
+        scored += [{"study": os.path.basename(name), "attack_id": r["attack_id"], "target_indices": r["target_indices"],
+                    "defense": defense_key(json.loads(strongest.defense_key(r["setting"]))), "adaptive": bool(r["setting"].get("adaptive")),
+                    "psnr": r["psnr"], "aware_matching": scores.get(r["attack_id"])} for r in records]
         ignorant = {k: r for k, r in strongest.strongest(
             [r for r in records if not r["setting"].get("adaptive")], {})["oracle"].items()}
         for suite, chosen in (("ignorant", ignorant), ("oracle_free", picks["oracle_free"]), ("oracle", picks["oracle"])):
@@ -278,6 +288,7 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
             "strongest, oracle-free: PSNR [95 % CI] | recognisable (≥ 20 dB) | defense-aware picked | "
             "strongest, oracle: PSNR |", "|---|---|---|---|---|---|---|---|"]
     points = {}
+    write_text(os.path.join(workdir, f"scores_bs{batch_size}.jsonl"), "".join(json.dumps(row) + "\n" for row in scored))
     for key, study_name in cells.items():
         setting = {f: x for f, x in json.loads(key).items() if x != defenses.DEFENSE_DEFAULTS[f]}
         drop = mean_drop(setting, by_setting)

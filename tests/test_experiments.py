@@ -3,6 +3,7 @@ run on real data, the report (markdown, HTML, plots, image grids) written and no
 
 import importlib.util
 import json
+import math
 import os
 
 import pytest
@@ -145,6 +146,9 @@ def test_defenses_smoke_runs_both_arms_of_every_family_and_reads_the_verdicts(tm
     half = read_records(os.path.join(tmp_path, "studies", "bs1_none_half", "results.jsonl"))
     assert [r["iterations"] for r in half] == [5, 5] and all(r["config"]["attack"]["signed"] for r in half)
     assert "bs 1, this budget vs half of it, 2 shared targets" in (tmp_path / "convergence.md").read_text()
+    scores = read_records(os.path.join(tmp_path, "scores_bs1.jsonl"))   # every pick recomputable without JAX
+    assert len(scores) == 2 + 3 * 4 and {s["defense"] for s in scores} >= {"none", "soteria_pruning=0.4"}
+    assert all(math.isfinite(s["aware_matching"]) and math.isfinite(s["psnr"]) for s in scores)
 
 
 def test_pruning_claim_needs_the_interval_and_the_test():
@@ -157,6 +161,23 @@ def test_pruning_claim_needs_the_interval_and_the_test():
     assert claim("dropout", {"pruning per tensor": beyond, "pruning global": beyond}) == "refuted"
     assert claim("dropout", {"pruning per tensor": beyond, "pruning global": noise}) == "undecided"
     assert claim("dropout", {"clipping": beyond}) == "pruning not affordable"
+
+
+def test_utility_table_marks_a_diverged_training_run():
+    """A defense that drives training to a NaN loss keeps its measured accuracy and says it diverged."""
+    driver = _driver("defenses")
+    v = driver.VARIANTS["smoke"]
+    by_setting = {}
+    for family, setting in driver.settings(v):
+        if family not in driver.UTILITY_UNMEASURED:
+            for seed in (0, 1):
+                loss = float("nan") if family == "gaussian noise" and seed == 1 else 1.5
+                by_setting.setdefault(driver.defense_key(setting), []).append(
+                    {"recipe": {"seed": seed}, "eval_acc": 0.1 if math.isnan(loss) else 0.4, "train_loss": loss})
+    rows = driver.utility_table(v, by_setting).splitlines()
+    noisy = next(row for row in rows if row.startswith("| gaussian noise"))
+    assert "0.250 ± 0.212 (diverged: seeds [1]) | +15.0 ± 21.2 |" in noisy
+    assert sum("diverged" in row for row in rows) == 1
 
 
 def test_heldout_count_is_the_ae_configs_for_every_variant():
