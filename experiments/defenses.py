@@ -149,7 +149,7 @@ def settings(v: dict) -> list[tuple[str, dict]]:
 
 def run_utility(v: dict, workdir: str, seeds=None) -> dict[str, list[dict]]:
     """Trains (or reads from the cache) every measured setting for every seed of `seeds` (default:
-    the variant's); writes W/utility.md. Returns {setting key: [record of each seed]} keyed by `defense_key`."""
+    the variant's); writes W/utility.md. Returns {setting key: [record of each seed]} keyed by `defenses.describe`."""
     measured = [s for family, s in settings(v) if family not in UTILITY_UNMEASURED]
     folder = os.path.join(workdir, "utility")
     by_setting: dict[str, list[dict]] = {}
@@ -158,18 +158,11 @@ def run_utility(v: dict, workdir: str, seeds=None) -> dict[str, list[dict]]:
         config.settings = measured
         print(f"== utility, seed {seed}: {len(measured)} settings", flush=True)
         for setting, record in zip(measured, utility.run(config, folder)):
-            by_setting.setdefault(defense_key(setting), []).append(record)
+            by_setting.setdefault(defenses.describe(setting), []).append(record)
     text = utility_table(v, by_setting)
     write_text(os.path.join(workdir, "utility.md"), text + "\n")
     print(text)
     return by_setting
-
-
-def defense_key(setting: dict) -> str:
-    """The setting's non-default fields as text, e.g. "noise_std=0.01" ("none" when undefended)."""
-    full = defenses.parse(setting).fields
-    changed = [f"{f}={full[f]}" for f in defenses.DEFENSE_DEFAULTS if full[f] != defenses.DEFENSE_DEFAULTS[f]]
-    return ", ".join(changed) or "none"
 
 
 def utility_table(v: dict, by_setting: dict[str, list[dict]]) -> str:
@@ -181,7 +174,7 @@ def utility_table(v: dict, by_setting: dict[str, list[dict]]) -> str:
     lines = [f"| family | defense | test acc (mean ± sd over seeds {seeds}) | drop (points) | DP ε (δ) |",
              "|---|---|---|---|---|"]
     for family, setting in settings(v):
-        key = defense_key(setting)
+        key = defenses.describe(setting)
         if family in UTILITY_UNMEASURED:
             lines.append(f"| {family} | {key} | not measured | – | – |")
             continue
@@ -249,7 +242,7 @@ def slug(family: str) -> str:
 
 def mean_drop(setting: dict, by_setting: dict[str, list[dict]]) -> float | None:
     """Mean over seeds of the test-accuracy drop (points) from the undefended run of the same seed."""
-    records = by_setting.get(defense_key(setting))
+    records = by_setting.get(defenses.describe(setting))
     if not records:
         return None
     base = {r["recipe"]["seed"]: r["eval_acc"] for r in by_setting["none"]}
@@ -275,7 +268,7 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
         scores = strongest.rescore(name, records)
         picks = strongest.strongest(records, scores)
         scored += [{"study": os.path.basename(name), "attack_id": r["attack_id"], "target_indices": r["target_indices"],
-                    "defense": defense_key(json.loads(strongest.defense_key(r["setting"]))), "adaptive": bool(r["setting"].get("adaptive")),
+                    "defense": defenses.describe(r["setting"]), "adaptive": bool(r["setting"].get("adaptive")),
                     "psnr": r["psnr"], "aware_matching": scores.get(r["attack_id"])} for r in records]
         ignorant = {k: r for k, r in strongest.strongest(
             [r for r in records if not r["setting"].get("adaptive")], {})["oracle"].items()}
@@ -292,7 +285,7 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
     for key, study_name in cells.items():
         setting = {f: x for f, x in json.loads(key).items() if x != defenses.DEFENSE_DEFAULTS[f]}
         drop = mean_drop(setting, by_setting)
-        row = [study_name, defense_key(setting), "not measured" if drop is None else f"{drop:+.1f}"]
+        row = [study_name, defenses.describe(setting), "not measured" if drop is None else f"{drop:+.1f}"]
         for suite in ("ignorant", "oracle_free"):
             psnr = suites[suite][key]["psnr"]
             low, high = paired.bootstrap_mean_ci(psnr)
@@ -351,11 +344,11 @@ def verdicts(v: dict, points: dict, by_setting) -> tuple[list[str], list[dict]]:
             others = [f for f in leak if f != least]
             stats = [paired.paired_stats(leak[f], leak[least]) for f in others]
             adjusted = paired.holm([st["p_value"] for st in stats])
-            parts = [f"{f} ({defense_key(chosen[f])}) {st['mean']:+.2f} dB [{st['ci_low']:+.2f}, {st['ci_high']:+.2f}] "
+            parts = [f"{f} ({defenses.describe(chosen[f])}) {st['mean']:+.2f} dB [{st['ci_low']:+.2f}, {st['ci_high']:+.2f}] "
                      f"p {p:.2g}" for f, st, p in zip(others, stats, adjusted)]
             claim = pruning_claim(least, {f: {**st, "p_holm": p} for f, st, p in zip(others, stats, adjusted)})
             lines.append(f"- **{budget:g} point(s), {suite.replace('_', '-')}**: least leaking {least} "
-                         f"({defense_key(chosen[least])}, {leak[least].mean():.2f} dB); others: " + "; ".join(parts)
+                         f"({defenses.describe(chosen[least])}, {leak[least].mean():.2f} dB); others: " + "; ".join(parts)
                          + f". Pruning best: {claim}.")
             found.append({"budget": budget, "suite": suite, "least": least, "setting": chosen[least],
                           "psnr": float(leak[least].mean()), "pruning_best": claim})

@@ -373,14 +373,6 @@ def dp_epsilon(setup: dict, defense: dict) -> float | None:
                                   // setup["batch_size"], DELTA)
 
 
-def describe(defense: dict) -> str:
-    """A flat defense setting in words: its non-default fields, or "none"."""
-    from gipip_jax import defenses
-
-    changed = {k: v for k, v in defense.items() if v != defenses.DEFENSE_DEFAULTS[k]}
-    return ", ".join(f"{k}={v}" for k, v in changed.items()) or "none"
-
-
 def headline(summary: dict) -> str:
     from gipip_jax import strongest
 
@@ -406,7 +398,7 @@ def threat_paragraph(setup: dict) -> str:
     on = [e for e in (*defenses.parse(setup["defense"]).updates, *defenses.parse(setup["defense"]).steps)]
     knows = "; ".join(f"{e['name']}: {defenses.REGISTRY[e['name']].attacker.knows}" for e in on
                       if defenses.REGISTRY[e["name"]].attacker)
-    defense = (f"Under the declared defense ({describe(defenses.parse(setup['defense']).fields)}) it runs the "
+    defense = (f"Under the declared defense ({defenses.describe(setup['defense'])}) it runs the "
                f"attack both unaware of the defense and knowing it ({knows})." if on else "No defense is declared.")
     return (f"An honest-but-curious server sees each round's shared update: {update}. It knows the model's "
             f"architecture ({setup['model']}) and {weights}, and the batch size; it recovers the labels from "
@@ -447,7 +439,7 @@ def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: di
     os.makedirs(folder, exist_ok=True)
     d = summary["declared"]
     blocks = [("h1", f"Leakage audit: {setup['model']} on {setup['data']}, batch size {setup['batch_size']}, "
-                     f"defense {describe(defenses.parse(setup['defense']).fields)}"),
+                     f"defense {defenses.describe(setup['defense'])}"),
               ("p", headline(summary)),
               ("p", f"Recognisable: PSNR ≥ {strongest.RECOGNISABLE_PSNR:g} dB or AlexNet-LPIPS ≤ {RECOGNISABLE_LPIPS:g}, "
                     "the values of a CIFAR-10 image under Gaussian noise of std 0.1 — noisy but recognisable (README, "
@@ -478,7 +470,7 @@ def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: di
             f"{100 * row['accuracy_drop']:+.1f}" if row["accuracy_drop"] is not None else f"accuracy {row['accuracy']:.3f}")
         note = " (yours)" if row is d else (f" (least leaking at {LEAST_LEAKING_BUDGET:g} points in the defense study)"
                                             if row["study"] == "stronger_least_leaking" else "")
-        rows.append([describe(row["defense"]) + note,
+        rows.append([defenses.describe(row["defense"]) + note,
                      f"{row['recognisable']}/{row['images']}", f"{row['median_psnr']:.1f} [{low:.1f}, {high:.1f}]",
                      f"{row['max_psnr']:.1f}", f"{100 * row['aware_share']:.0f} %", cost,
                      "" if row["dp_epsilon"] is None else f"{row['dp_epsilon']:.3g}"])

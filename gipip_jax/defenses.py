@@ -224,6 +224,14 @@ def parse(flat: Mapping) -> DefenseSetting:
                           updates=tuple(e for e in on if REGISTRY[e["name"]].kind == "update"), steps=steps)
 
 
+def describe(flat: Mapping) -> str:
+    """A flat setting's defense in words: its defense fields that differ from DEFENSE_DEFAULTS, in their
+    order ("noise=laplace, noise_std=0.01"), or "none". Other keys (a record's λs, `adaptive`) are
+    ignored; the defense fields are checked as `parse` checks them."""
+    fields = parse({f: flat[f] for f in DEFENSE_DEFAULTS if f in flat}).fields
+    return ", ".join(f"{f}={fields[f]}" for f in DEFENSE_DEFAULTS if fields[f] != DEFENSE_DEFAULTS[f]) or "none"
+
+
 def make_defense(specs: Sequence[Mapping], key: jax.Array) -> optax.GradientTransformation:
     """optax.chain of the update defenses `specs` ({"name": ..., some of its fields}; the others
     at their "off" values), applied in the given order; entries that are off are left out and the

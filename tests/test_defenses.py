@@ -271,3 +271,12 @@ def test_soteria_prunes_the_features_its_released_code_would(batch):
     np.testing.assert_array_equal(defended["Dense_0"]["kernel"], grads["Dense_0"]["kernel"] * np.asarray(mask))
     np.testing.assert_array_equal(defended["Dense_0"]["bias"], grads["Dense_0"]["bias"])
     np.testing.assert_array_equal(defended["Conv_0"]["kernel"], grads["Conv_0"]["kernel"])
+
+
+def test_describe_names_the_changed_defense_fields_in_registry_order_and_ignores_other_keys():
+    assert defenses.describe({}) == "none"
+    assert defenses.describe({"noise_std": 0.01, "noise": "laplace", "tv_weight": 1e-6, "adaptive": True}) == \
+        "noise=laplace, noise_std=0.01"
+    assert defenses.describe(defenses.parse({"prune_sparsity": 0.9}).fields) == "prune_sparsity=0.9"
+    with pytest.raises(ValueError, match="prune_sparsity"):
+        defenses.describe({"prune_sparsity": 1.5})

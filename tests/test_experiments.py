@@ -165,6 +165,8 @@ def test_pruning_claim_needs_the_interval_and_the_test():
 
 def test_utility_table_marks_a_diverged_training_run():
     """A defense that drives training to a NaN loss keeps its measured accuracy and says it diverged."""
+    from gipip_jax import defenses
+
     driver = _driver("defenses")
     v = driver.VARIANTS["smoke"]
     by_setting = {}
@@ -172,7 +174,7 @@ def test_utility_table_marks_a_diverged_training_run():
         if family not in driver.UTILITY_UNMEASURED:
             for seed in (0, 1):
                 loss = float("nan") if family == "gaussian noise" and seed == 1 else 1.5
-                by_setting.setdefault(driver.defense_key(setting), []).append(
+                by_setting.setdefault(defenses.describe(setting), []).append(
                     {"recipe": {"seed": seed}, "eval_acc": 0.1 if math.isnan(loss) else 0.4, "train_loss": loss})
     rows = driver.utility_table(v, by_setting).splitlines()
     noisy = next(row for row in rows if row.startswith("| gaussian noise"))
