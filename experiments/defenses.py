@@ -29,6 +29,12 @@ Budget: 4,000 iterations. W/convergence.md pairs the undefended arm per target w
 Stage 3, batch size 4: per family the strength whose mean utility drop is nearest 2 points (Soteria:
 0.8), both arms, 8 disjoint train batches of 4 with distinct labels, λ_TV 1e-5, 4,000 iterations;
 convergence.md pairs its undefended arm with as_claim's convnet_bs4 IG arm (10,000 iterations).
+Stage 4, threat models (amendment 2), undefended and outside the verdicts: FedAvg clients of one image
+taking 5 local steps of lr 5e-2 (the utility training's rate), on the bs-1 targets, the attack
+simulating the local steps (THREAT_ROWS, study bs1_fedavg_5_lr5e-2). Secure aggregation of 4
+single-image FedSGD clients needs no study: the server sees the sum of their gradients, 4 x the mean
+gradient of the batch of 4, and cosine matching is blind to that scale, so it is the bs-4 undefended
+attack (bs4_none). W/threat_models.md holds both, the FedAvg row paired with bs1_none per target.
 
 Amendment (2026-12-05, before any defended attack had finished): the first design ran unsigned Adam
 (GI-PIP's recipe) for 2,000 iterations, 16 batches at bs 4. Its undefended bs-1 arm, the first 16
@@ -39,6 +45,11 @@ signed Adam at 2,000 iterations 22.99 dB, -1.28 [-2.33, -0.31]; signed at 4,000,
 [-1.08, +0.54], 14 of 16 at or above 20 dB. So the study attacks with Inverting Gradients' own signed
 steps at 4,000 iterations; bs 4 takes 8 batches, which holds the rest near 23 CPU hours. The endpoint,
 the families, the strengths, the targets at bs 1 and the analysis are unchanged.
+
+Amendment 2 (2026-12-05, 124 of the bs-1 attacks recorded, none of stage 4): issue 31 asks to keep
+FedAvg local steps and secure aggregation in the table, and the design had left them out; stage 4
+adds them as descriptive rows after stage 3, so nothing before it changes. Budget: 16 x 4,000 =
+64k attack-steps at the measured ~9 a second (5 local steps make an attack step ~9x FedSGD's), ~2 h.
 
 Leakage per target is the PSNR of the suite's strongest reconstruction (gipip_jax/strongest.py): the
 ignorant suite (the ignorant attack alone) and the full suite (ignorant + defense-aware), the latter
@@ -54,8 +65,8 @@ correction over the comparisons. Seed 002's claim "pruning protects best at matc
 D if a pruning family (per tensor or global) is the least leaking and every other family's CI lies
 above 0; it is refuted if some family's CI lies below 0 against pruning; otherwise undecided. The
 same is reported at D = 1 and 5 points and for the ignorant suite (does pruning stay best when the
-attacker adapts?). Reports: W/leakage_bs1.md (+ .png plots), W/leakage_bs4.md; every attack's PSNR
-and oracle-free score beside them: W/scores_bs1.jsonl, W/scores_bs4.jsonl.
+attacker adapts?). Reports: W/leakage_bs1.md (+ .png plots), W/leakage_bs4.md, W/threat_models.md;
+every attack's PSNR and oracle-free score beside them: W/scores_bs1.jsonl, W/scores_bs4.jsonl.
 
 Variants:
   smoke  convnet_tiny at 16 px: utility 256 train images, 1 epoch, 2 seeds; attacks 2 targets (bs 4: 1
@@ -65,8 +76,9 @@ Variants:
          ~0.85), 5–12 min a setting, ~3.3 h a seed (measured). Attacks (budgeted at the measured
          ~82 attack-steps/s at bs 1 and ~24 at bs 4, vmap_patches x 4): bs 1, 1 + 60 arms x 16
          targets x 4,000 iterations + the half-budget arm = 3.94M attack-steps, ~13.3 h; bs 4, 1 + 15
-         arms x 8 batches x 4,000 = 0.51M, ~6 h. With seed 1's utility, ~23 CPU hours from the
-         amendment: a multi-session run; kill it at any time and rerun the same command to resume.
+         arms x 8 batches x 4,000 = 0.51M, ~6 h; stage 4, 64k FedAvg attack-steps at ~9 a second, ~2 h.
+         With seed 1's utility, ~25 CPU hours from the amendment: a multi-session run; kill it at any
+         time and rerun the same command to resume.
   full   ConvNet, utility on all 50,000 train images, 30 epochs, the 10,000 test images, seeds 0, 1
          and 2; attacks at 10,000 iterations, 64 targets (bs 4: 64 batches): one command for a GPU
          (not run yet)
@@ -105,6 +117,9 @@ def sweep() -> list[tuple[str, dict]]:
 UTILITY_UNMEASURED = ("soteria",)   # see the module docstring
 NO_ADAPTIVE_ARM = ("clipping",)     # cosine matching is blind to a rescaling: the adaptive arm is the same attack
 BS4_UNMEASURED_STRENGTH = {"soteria": {"soteria_pruning": 0.8}}   # its bs-4 setting without a utility number
+# Stage 4 (amendment 2): undefended FedAvg clients at bs 1, 5 local steps at the utility training's learning
+# rate; the attack simulates the protocol (it knows it). A descriptive row, not in the verdicts.
+THREAT_ROWS = {"fedavg_5_lr5e-2": {"threat.kind": "fedavg", "threat.local_steps": 5, "threat.local_lr": 5e-2}}
 BUDGETS = (1.0, 2.0, 5.0)           # points of test-accuracy drop the verdicts are read at
 PRIMARY_BUDGET = 2.0
 REFERENCE_AE = "experiments/checkpoints/ae_cifar10_aux5_reference"   # its auxiliary images are skipped as targets
@@ -234,6 +249,49 @@ def run_bs4(v: dict, workdir: str, by_setting: dict[str, list[dict]]) -> list[st
                   "grid.adaptive": [False] if family in ("none", *NO_ADAPTIVE_ARM) else [False, True]}
         names.append(experiment.run_study(workdir, f"bs4_{slug(family)}", fields))
     return names
+
+
+def run_threats(v: dict, workdir: str) -> list[str]:
+    """Stage 4: one undefended bs-1 study per THREAT_ROWS entry, on the bs-1 targets; their directories."""
+    return [experiment.run_study(workdir, f"bs1_{name}", {**study_fields(v, 1, 1e-6), "grid.adaptive": [False], **fields})
+            for name, fields in THREAT_ROWS.items()]
+
+
+def threat_table(workdir: str, names: list[str]) -> str:
+    """W/threat_models.md: each stage-4 study's PSNR (mean [95 % CI] over its targets, recognisable
+    count) and its paired difference from the undefended FedSGD attack (bs1_none) on the same targets;
+    then secure aggregation, read off the bs-4 undefended study (see the module docstring)."""
+    def study_of(path: str) -> dict[tuple, dict]:
+        return by_target(read_records(os.path.join(path, "results.jsonl")))
+
+    fedsgd = study_of(os.path.join(workdir, "studies", "bs1_none"))
+    lines = ["# Threat models, undefended: FedAvg local steps and secure aggregation", "",
+             "Utility not measured (FedAvg changes the training protocol; secure aggregation leaves the sum "
+             "exact). ΔPSNR against the undefended FedSGD attack on the same targets (bs1_none), 95 % "
+             "percentile-bootstrap CI, Wilcoxon p.", "",
+             "| study | client | PSNR, mean [95 % CI] | recognisable (≥ 20 dB) | ΔPSNR vs FedSGD | p |",
+             "|---|---|---|---|---|---|"]
+    for path in names:
+        fields = THREAT_ROWS[os.path.basename(path).removeprefix("bs1_")]
+        psnr = np.array([r["psnr"] for _, r in sorted(study_of(path).items())])
+        if not len(psnr):
+            continue
+        low, high = paired.bootstrap_mean_ci(psnr)
+        st = paired.paired_stats(*paired.shared_targets(study_of(path), fedsgd))
+        lines.append(f"| {os.path.basename(path)} | FedAvg, {fields['threat.local_steps']} local steps of lr "
+                     f"{fields['threat.local_lr']:g}, 1 image | {psnr.mean():.2f} [{float(low):.2f}, {float(high):.2f}] | "
+                     f"{int((psnr >= strongest.RECOGNISABLE_PSNR).sum())} of {len(psnr)} | {paired.format_delta(st)} | "
+                     f"{paired.format_p(st['p_value'])} |")
+    bs4 = np.array([r["psnr"] for r in study_of(os.path.join(workdir, "studies", "bs4_none")).values()])
+    if len(bs4):
+        low, high = paired.bootstrap_mean_ci(bs4)
+        lines += ["", f"Secure aggregation of 4 single-image FedSGD clients: the server sees the sum of their "
+                      f"gradients, 4 x the mean gradient of the batch of 4, and cosine matching is blind to that "
+                      f"scale, so it is the bs-4 undefended attack (bs4_none): {bs4.mean():.2f} dB "
+                      f"[{float(low):.2f}, {float(high):.2f}] over {len(bs4)} batch{'es' * (len(bs4) != 1)}."]
+    text = "\n".join(lines)
+    write_text(os.path.join(workdir, "threat_models.md"), text + "\n")
+    return text
 
 
 def slug(family: str) -> str:
@@ -426,8 +484,10 @@ def run(name: str, workdir: str) -> dict:
     names = {1: run_bs1(v, workdir)}
     by_setting = run_utility(v, workdir)
     names[4] = run_bs4(v, workdir, by_setting)
+    threats = run_threats(v, workdir)
     out = {"utility": os.path.join(workdir, "utility.md"),
            "leakage": [analyse(v, workdir, names[b], by_setting, b, plot=b == 1) for b in (1, 4)]}
+    print(threat_table(workdir, threats))
     print(convergence(v, workdir, names))
     return out
 

@@ -146,6 +146,11 @@ def test_defenses_smoke_runs_both_arms_of_every_family_and_reads_the_verdicts(tm
     half = read_records(os.path.join(tmp_path, "studies", "bs1_none_half", "results.jsonl"))
     assert [r["iterations"] for r in half] == [5, 5] and all(r["config"]["attack"]["signed"] for r in half)
     assert "bs 1, this budget vs half of it, 2 shared targets" in (tmp_path / "convergence.md").read_text()
+    fedavg = read_records(os.path.join(tmp_path, "studies", "bs1_fedavg_5_lr5e-2", "results.jsonl"))
+    assert len(fedavg) == 2 and all(r["config"]["threat"]["kind"] == "fedavg" for r in fedavg)
+    threats = (tmp_path / "threat_models.md").read_text()
+    assert "| bs1_fedavg_5_lr5e-2 | FedAvg, 5 local steps of lr 0.05, 1 image |" in threats
+    assert "Secure aggregation of 4 single-image FedSGD clients" in threats and "over 1 batch." in threats
     scores = read_records(os.path.join(tmp_path, "scores_bs1.jsonl"))   # every pick recomputable without JAX
     assert len(scores) == 2 + 3 * 4 and {s["defense"] for s in scores} >= {"none", "soteria_pruning=0.4"}
     assert all(math.isfinite(s["aware_matching"]) and math.isfinite(s["psnr"]) for s in scores)

@@ -84,6 +84,16 @@ def test_secure_aggregation_reveals_only_the_sum(setup):
         threat_models.secure_aggregate([first, client.SharedUpdate(other, 2)])
 
 
+def test_secure_aggregation_of_fedsgd_clients_is_the_batch_gradient_times_the_clients(setup):
+    """Undefended FedSGD: 4 single-image clients summed = 4 x the gradient of the batch of 4, a scale
+    cosine matching cannot see (experiments/defenses.py reads secure aggregation off the bs-4 attack)."""
+    victim, variables, x, labels = setup
+    summed = threat_models.aggregated_update(victim, variables, x, labels, clients=4, key=jax.random.key(0))
+    batch = threat_models.client_update(victim, variables, x, labels, key=jax.random.key(0))
+    close(summed.grads, jax.tree.map(lambda g: 4 * g, batch.grads), rtol=1e-5, atol=1e-7)
+    assert summed.batch_size == batch.batch_size == 4
+
+
 def test_every_aggregated_client_draws_its_own_noise(setup):
     victim, variables, x, labels = setup
     noise = defenses.parse({"noise_std": 1.0})
