@@ -273,11 +273,12 @@ def threat_table(workdir: str, names: list[str]) -> str:
              "|---|---|---|---|---|---|"]
     for path in names:
         fields = THREAT_ROWS[os.path.basename(path).removeprefix("bs1_")]
-        psnr = np.array([r["psnr"] for _, r in sorted(study_of(path).items())])
+        rows = study_of(path)
+        psnr = np.array([r["psnr"] for r in rows.values()])
         if not len(psnr):
             continue
         low, high = paired.bootstrap_mean_ci(psnr)
-        st = paired.paired_stats(*paired.shared_targets(study_of(path), fedsgd))
+        st = paired.paired_stats(*paired.shared_targets(rows, fedsgd))
         lines.append(f"| {os.path.basename(path)} | FedAvg, {fields['threat.local_steps']} local steps of lr "
                      f"{fields['threat.local_lr']:g}, 1 image | {psnr.mean():.2f} [{float(low):.2f}, {float(high):.2f}] | "
                      f"{int((psnr >= strongest.RECOGNISABLE_PSNR).sum())} of {len(psnr)} | {paired.format_delta(st)} | "
