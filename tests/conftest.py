@@ -1,6 +1,7 @@
 """Test-wide settings: CPU only, fast compiles (also in the CLI / launcher subprocesses the tests start),
 compiled programs shared between tests, shared paths."""
 import atexit
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -27,6 +28,7 @@ jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+EXPERIMENTS = pathlib.Path(__file__).parent.parent / "experiments"
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +41,14 @@ def folder(fixtures_dir, tmp_path_factory):
     """CLI overrides for the tiny real-image fixture, with a data cache of the test module's own."""
     cache = tmp_path_factory.mktemp("cache")
     return [f"--set=data.name=folder:{fixtures_dir / 'tiny_folder'}", f"--set=data.cache_dir={cache}"]
+
+
+@pytest.fixture(scope="session")
+def driver():
+    """Loads an experiments/ driver by name (scripts, not a package): driver("defenses").run(...)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

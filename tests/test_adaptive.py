@@ -75,6 +75,7 @@ def test_adaptive_matching_is_zero_at_the_truth_where_the_ignorant_one_is_not(ti
     assert float(matching(x, True)) < 1e-6 < 1e-3 < float(matching(x, False))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting, batch", DETERMINISTIC[::2])
 def test_adaptive_attack_beats_the_ignorant_one_near_the_truth(tiny, setting, batch):
     """The constructed case where the adaptive attack must win: both start from the same perturbed

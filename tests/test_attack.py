@@ -60,6 +60,7 @@ def test_signed_optimizer_sees_only_signs():
     assert not np.allclose(updates(plain, a), updates(plain, b))
 
 
+@pytest.mark.slow
 def test_box_projection_holds_every_step(problem):
     objective, target, labels = problem
     lo, hi = INFO.bounds()
@@ -73,6 +74,7 @@ def test_box_projection_holds_every_step(problem):
     assert int(state.step) == 3 and np.isfinite(float(state.loss))
 
 
+@pytest.mark.slow
 def test_inversion_is_deterministic_and_chunk_size_free(problem):
     objective, target, labels = problem
     first = run_engine(objective, target, labels, key=7)

@@ -42,6 +42,7 @@ def run(info, objective, target, given, *, learn_labels, iterations, key):
     return eng.run(engine.attack_inputs(target, given, {}, jax.random.key(key)), iterations)
 
 
+@pytest.mark.slow
 def test_lbfgs_steps_trace_once_and_keep_the_best(setup):
     info, objective, x01, y, target = setup
     a = dlg_attack(info, objective, learn_labels=True)
@@ -57,6 +58,7 @@ def test_lbfgs_steps_trace_once_and_keep_the_best(setup):
     np.testing.assert_allclose(state.best[1], min(losses))
 
 
+@pytest.mark.slow
 def test_dlg_recovers_real_image_and_label(setup):
     info, objective, x01, y, target = setup
     result = run(info, objective, target, np.zeros_like(y), learn_labels=True, iterations=400, key=2)
@@ -65,6 +67,7 @@ def test_dlg_recovers_real_image_and_label(setup):
     assert result.images01.min() >= 0.0 and result.images01.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_idlg_mode_optimizes_the_image_only(setup):
     info, objective, x01, y, target = setup
     wrong = (y + 1) % info.num_classes

@@ -133,6 +133,7 @@ def test_transient_nan_restarts_from_a_fresh_key():
     assert np.all(np.isfinite(result.loss))
 
 
+@pytest.mark.slow
 def test_choose_plan_follows_its_rule_and_respects_explicit_settings(study, monkeypatch):
     build, inputs = study
     eng = make_engine(build)

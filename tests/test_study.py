@@ -92,6 +92,7 @@ def test_killed_study_resumes_to_the_same_numbers(uninterrupted, tmp_path):
         assert r["trace"]["psnr"] == pytest.approx(e["trace"]["psnr"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_unreadable_wave_checkpoint_restarts_that_wave(uninterrupted, tmp_path, capsys):
     reference, args = uninterrupted
     with ocp.CheckpointManager(tmp_path / "state" / "wave_00000") as manager:   # a checkpoint of something else

@@ -116,6 +116,7 @@ def test_the_defense_transforms_what_the_client_shares(setup):
                                     defense=[{"name": "prune", "prune_sparsity": 0.9}])
 
 
+@pytest.mark.slow
 def test_dp_sgd_in_the_client_step(setup):
     victim, variables, x, labels = setup
     clipped = threat_models.client_update(victim, variables, x, labels, key=jax.random.key(0),
