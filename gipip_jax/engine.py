@@ -30,8 +30,10 @@ selected with `jnp.where`). One attack on one device ("unroll" x 1) is the seque
 from __future__ import annotations
 
 import json
+import functools
 import math
 import os
+import platform
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -427,6 +429,28 @@ def read_plan(path: str, num_devices: int) -> tuple[Plan, dict]:
         raise ValueError(f"engine.plan {path!r} is a plan for {plan.num_devices} device(s); this run has "
                          f"{num_devices}: replay it on as many devices of the same kind")
     return plan, saved
+
+
+# CPU instruction sets that change what XLA's CPU code computes (vector widths, fused multiply-adds, bf16).
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "avx_vnni", "asimd", "sve")
+
+
+@functools.cache
+def machine() -> str:
+    """The machine a run computes on, as far as its numbers depend on it: an accelerator's device kind
+    ("NVIDIA H100 80GB HBM3"), or "cpu", the architecture and the CPU_FEATURES it has (Linux's
+    /proc/cpuinfo), e.g. "cpu x86_64 avx2 fma avx512f amx_bf16". The same plan gives bit-identical
+    records on the same machine only (BENCHMARKS.md, "chaotic in float rounding")."""
+    if jax.default_backend() != "cpu":
+        return jax.devices()[0].device_kind
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f
+                          if line.startswith(("flags", "Features"))), set())
+    except OSError:
+        pass
+    return " ".join(["cpu", platform.machine(), *(f for f in CPU_FEATURES if f in flags)])
 
 
 def wave_finished(state: WaveState, iterations: int) -> bool:

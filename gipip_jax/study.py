@@ -19,8 +19,9 @@ see parameterizations.py.
 
 Work directory:
   W/plan.json              the engine plan (strategy, attacks per device, how it was chosen); reused on
-                           resume so a resumed study computes exactly what the first run would have
-                           (engine.plan=PATH replays another run's)
+                           resume so a resumed study computes exactly what the first run would have, on
+                           the same machine (engine.machine(), also in every record; engine.plan=PATH
+                           replays another run's)
   W/.lock                  held (flock) by the running process 0: one writer per work directory
   W/results.jsonl          one record per attack, appended when its wave finishes
   W/state/wave_NNNNN/      orbax checkpoint of the running wave, every engine.checkpoint_every steps
@@ -276,7 +277,8 @@ class Study:
     def plan(self) -> engine.Plan:
         """The study's plan, made once: replayed from engine.plan (another run's plan.json), else this
         work directory's W/plan.json (a resumed run), else by Engine.choose_plan's rule; printed and
-        saved to W/plan.json (with the backend and device kind it ran on)."""
+        saved to W/plan.json (with the backend, device kind and engine.machine() it ran on). A plan
+        replayed on another machine says so in one line: its records will not be bit-identical."""
         if hasattr(self, "_plan"):
             return self._plan
         path, e, devices = os.path.join(self.workdir, "plan.json"), self.config.engine, self.engine.num_devices
@@ -284,13 +286,11 @@ class Study:
         saved = json.load(open(path)) if os.path.exists(path) else {}
         if e.get("plan"):
             source = assembly.resolve_path(e.plan)
-            plan, replayed = engine.read_plan(source, devices)
-            if replayed.get("device_kind", kind) != kind:
-                self.log(f"engine.plan was made on {replayed['device_kind']} devices, these are {kind}: "
-                         "the same plan, but the numbers will not be bit-identical")
+            plan, made = engine.read_plan(source, devices)
         elif saved.get("fingerprint") == self.fingerprint and saved.get("num_devices") == devices:
-            plan, source = engine.Plan(saved["strategy"], saved["attacks_per_device"], devices), path
+            plan, source, made = engine.Plan(saved["strategy"], saved["attacks_per_device"], devices), path, saved
         else:
+            made = {}
             if jax.process_count() > 1 and (e.strategy == "auto" or not e.attacks_per_device):
                 raise ValueError("a multi-process study needs engine.strategy and engine.attacks_per_device set "
                                  "(or engine.plan): every process must compile the same program")
@@ -300,10 +300,16 @@ class Study:
                                                   attacks_per_device=e.attacks_per_device, log=self.log)
             source = "the config" if e.strategy != "auto" and e.attacks_per_device else "the rule of engine.choose_plan"
         self.log(f"plan: {plan.strategy} x{plan.attacks_per_device}/device on {devices} device(s), from {source}")
+        there = made.get("machine") or made.get("device_kind")   # plan files older than "machine" name the kind
+        here = engine.machine() if made.get("machine") else kind
+        if there and there != here:
+            self.log(f"{source} was made on {there}; this is {here}: the same plan, but the records will not be "
+                     "bit-identical to ones made there")
         if jax.process_index() == 0 and source != path:
             work.write_text(path, json.dumps(
                 {**plan._asdict(), "fingerprint": self.fingerprint, "source": source, "candidates": table,
-                 "backend": jax.default_backend(), "device_kind": kind}, indent=2, sort_keys=True, default=float))
+                 "backend": jax.default_backend(), "device_kind": kind, "machine": engine.machine()},
+                indent=2, sort_keys=True, default=float))
         self._plan = plan
         return plan
 
@@ -548,6 +554,7 @@ def _record(study, attack_id, slot, result, wave_seconds, wave, wave_size, trace
               "parameterization": config.attack.get("parameterization", "pixels"), "gan_prior": study.gan_meta,
               "inverter": study.inverter_meta,
               "trace": trace, "fingerprint": study.fingerprint, "plan": study.plan()._asdict(),
+              "machine": engine.machine(),
               "config": config.to_dict()}
     if result.failed[slot] or not np.isfinite(result.loss[slot]):
         record.update(status="failed", error=f"objective NaN/Inf after {int(result.tries[slot])} restart(s)")

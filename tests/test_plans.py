@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import pathlib
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +80,12 @@ def test_memory_rule_shrinks_the_width_by_the_device_size_not_what_is_free(no_ti
         eng.choose_plan(example, 10, log=lambda _: None)
 
 
+def test_machine_names_the_backend_and_what_the_cpu_computes_with():
+    described = engine.machine()
+    assert described.split()[:2] == ["cpu", platform.machine()]   # the tests run on the CPU
+    assert set(described.split()[2:]) <= set(engine.CPU_FEATURES) and engine.machine() is described
+
+
 def test_read_plan_refuses_another_device_count_and_non_plans(tmp_path):
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"strategy": "vmap", "attacks_per_device": 2, "num_devices": 8}))
@@ -114,10 +121,15 @@ def test_auto_study_records_its_plan_and_a_replay_gives_the_same_numbers(fixture
     assert saved["backend"] == "cpu" and saved["device_kind"] == jax.devices()[0].device_kind
     expected = {"strategy": "vmap_patches", "attacks_per_device": width, "num_devices": 1}
     assert [r["plan"] for r in records(first)] == [expected] * 4
-    # a config that alone would run unroll x1 replays the first run's plan and computes the same numbers
-    args = overrides(fixtures_dir, tmp_path / "cache", "strategy=unroll", "attacks_per_device=1",
-                     f"plan={first / 'plan.json'}")
+    assert saved["machine"] == engine.machine() and {r["machine"] for r in records(first)} == {engine.machine()}
+    # a config that alone would run unroll x1 replays the first run's plan and computes the same numbers;
+    # the plan file says it was made on another machine, and the run says what that means
+    elsewhere = tmp_path / "plan_elsewhere.json"
+    elsewhere.write_text(json.dumps(dict(saved, machine="cpu x86_64 avx2")))
+    args = overrides(fixtures_dir, tmp_path / "cache", "strategy=unroll", "attacks_per_device=1", f"plan={elsewhere}")
     assert cli.main(["study", "--config", CONFIG + ":smoke", "--workdir", str(second), *args]) == 0
+    assert (f"{elsewhere} was made on cpu x86_64 avx2; this is {engine.machine()}: the same plan, but the records "
+            "will not be bit-identical to ones made there") in capsys.readouterr().out
     replayed = records(second)
     assert [r["plan"] for r in replayed] == [expected] * 4
     for a, b in zip(records(first), replayed):

@@ -12,7 +12,7 @@ from gipip_jax import assembly, configs, study
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 # what legitimately differs between two runs: where and when they ran
-VOLATILE = {"config", "fingerprint", "seconds", "wave_seconds", "wave_compute_seconds"}
+VOLATILE = {"config", "fingerprint", "seconds", "wave_seconds", "wave_compute_seconds", "machine"}
 # record fields added since the fixture was made, and their values in a study like the fixture's
 ADDED = {"attacker_knows": [], "inverter": None}
 
