@@ -29,8 +29,8 @@ selected with `jnp.where`). One attack on one device ("unroll" x 1) is the seque
 
 from __future__ import annotations
 
-import json
 import functools
+import json
 import math
 import os
 import platform
