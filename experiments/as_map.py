@@ -65,7 +65,7 @@ import sys
 import numpy as np
 
 from gipip_jax import experiment, paired
-from gipip_jax.results import by_target, read_records
+from gipip_jax.results import by_target
 from gipip_jax.workdir import write_text
 
 MSE_AE = "experiments/checkpoints/ae_cifar10_aux5"                   # MSE, Adam 1e-3, 150 epochs
@@ -167,14 +167,10 @@ def run_dose(v: dict, workdir: str, aes: dict[str, str]) -> None:
                                                                     d["iterations"], 1e-5, [AS_WEIGHT], path))
 
 
-def study_records(workdir: str, study: str) -> list[dict]:
-    return read_records(os.path.join(workdir, "studies", study, "results.jsonl"))
-
-
 def contrast(workdir: str, treatment: str, baseline: str, metric: str = "psnr") -> dict:
     """paired.paired_stats of study `treatment` − study `baseline` over their common targets."""
-    return paired.paired_stats(*paired.shared_targets(by_target(study_records(workdir, treatment)),
-                                                      by_target(study_records(workdir, baseline)), metric))
+    return paired.paired_stats(*paired.shared_targets(by_target(experiment.study_records(workdir, treatment)),
+                                                      by_target(experiment.study_records(workdir, baseline)), metric))
 
 
 def dose_report(name: str, v: dict, workdir: str, aes: dict[str, str]) -> list[str]:
@@ -275,7 +271,7 @@ def size_report(name: str, v: dict, workdir: str) -> list[str]:
     """W/batch_size.md and W/batch_size/report.md: every arm against its study's IG arm."""
     arms = []
     for study, s in v["sizes"].items():
-        records = study_records(workdir, study)
+        records = experiment.study_records(workdir, study)
         ig = by_target(records, lambda r: r["setting"]["as_weight"] == 0)
         for weight in s["as_weights"][1:]:
             arm = by_target(records, lambda r: r["setting"]["as_weight"] == weight)

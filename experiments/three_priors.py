@@ -51,7 +51,7 @@ import os
 import sys
 
 from gipip_jax import experiment, jobs
-from gipip_jax.results import by_target, read_records
+from gipip_jax.results import by_target
 
 INVERTER_CONFIG = "experiments/configs/inverter_cifar10.py"
 MSE_AE = "experiments/checkpoints/ae_cifar10_aux5"
@@ -113,7 +113,7 @@ def arm_fields(v: dict, arm: str, paths: dict[str, str]) -> tuple[str, dict]:
 def convergence(workdir: str) -> str:
     """W/convergence.md: IG at ITER iterations paired per target with IG at half of them."""
     def study(name: str) -> dict[tuple, dict]:
-        return by_target(read_records(os.path.join(workdir, "studies", name, "results.jsonl")))
+        return by_target(experiment.study_records(workdir, name))
 
     return experiment.write_convergence(os.path.join(workdir, "convergence.md"),
                                         [("IG, this budget vs half of it", study("ig"), study(HALF_BUDGET))])

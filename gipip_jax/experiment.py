@@ -17,7 +17,7 @@ import time
 
 import ml_collections
 
-from gipip_jax import assembly, checkpoints, cli, configs, data, jobs, report, schema, study
+from gipip_jax import assembly, checkpoints, cli, configs, data, jobs, report, results, schema, study
 from gipip_jax.workdir import write_text
 
 AE_CONFIG = "experiments/configs/ae_cifar10.py"
@@ -111,6 +111,11 @@ def run_study(workdir: str, name: str, fields: dict, spec: str = STUDY_CONFIG) -
     study.run(config, folder)
     print(f"== study {name} done in {time.perf_counter() - started:.0f} s", flush=True)
     return folder
+
+
+def study_records(workdir: str, name: str) -> list[dict]:
+    """The records of study NAME as run_study lays it out (W/studies/NAME/results.jsonl; [] before it runs)."""
+    return results.read_records(os.path.join(workdir, "studies", name, "results.jsonl"))
 
 
 def learned_prior_fields(fields: dict, iterations: int, *, pinned_engine: bool) -> dict:
