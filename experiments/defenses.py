@@ -226,20 +226,21 @@ def study_fields(v: dict, batch_size: int, tv: float) -> dict:
 
 
 def run_bs1(v: dict, workdir: str) -> list[str]:
-    """Stage 2: the bs-1 study of every family, run (or resumed) in W/studies; their directories (the
-    undefended one first), then the undefended attack at half the budget (W/studies/bs1_none_half)."""
+    """Stage 2: the bs-1 study of every family, run (or resumed) in W/studies; their names (the
+    undefended one first), then the undefended attack at half the budget (study HALF_BUDGET)."""
     names = []
     for family, chosen in families(v).items():
         fields = {**study_fields(v, 1, 1e-6), **study.defense_grid(chosen),
                   "grid.adaptive": [False] if family in ("none", *NO_ADAPTIVE_ARM) else [False, True]}
-        names.append(experiment.run_study(workdir, f"bs1_{slug(family)}", fields))
+        names.append(f"bs1_{slug(family)}")
+        experiment.run_study(workdir, names[-1], fields)
     experiment.run_study(workdir, HALF_BUDGET, {**study_fields(v, 1, 1e-6), "grid.adaptive": [False],
                                                 "attack.iterations": v["attacks"]["iterations"] // 2})
     return names
 
 
 def run_bs4(v: dict, workdir: str, by_setting: dict[str, list[dict]]) -> list[str]:
-    """Stage 3: per family its setting nearest PRIMARY_BUDGET points of drop, at bs 4; their directories."""
+    """Stage 3: per family its setting nearest PRIMARY_BUDGET points of drop, at bs 4; their names."""
     names = []
     for family, chosen in families(v).items():
         if family not in v.get("bs4_families", (family,)):
@@ -247,43 +248,45 @@ def run_bs4(v: dict, workdir: str, by_setting: dict[str, list[dict]]) -> list[st
         pick = [bs4_setting(family, chosen, by_setting)]
         fields = {**study_fields(v, 4, 1e-5), **study.defense_grid(pick),
                   "grid.adaptive": [False] if family in ("none", *NO_ADAPTIVE_ARM) else [False, True]}
-        names.append(experiment.run_study(workdir, f"bs4_{slug(family)}", fields))
+        names.append(f"bs4_{slug(family)}")
+        experiment.run_study(workdir, names[-1], fields)
     return names
 
 
 def run_threats(v: dict, workdir: str) -> list[str]:
-    """Stage 4: one undefended bs-1 study per THREAT_ROWS entry, on the bs-1 targets; their directories."""
-    return [experiment.run_study(workdir, f"bs1_{name}", {**study_fields(v, 1, 1e-6), "grid.adaptive": [False], **fields})
-            for name, fields in THREAT_ROWS.items()]
+    """Stage 4: one undefended bs-1 study per THREAT_ROWS entry, on the bs-1 targets; their names."""
+    for name, fields in THREAT_ROWS.items():
+        experiment.run_study(workdir, f"bs1_{name}", {**study_fields(v, 1, 1e-6), "grid.adaptive": [False], **fields})
+    return [f"bs1_{name}" for name in THREAT_ROWS]
 
 
 def threat_table(workdir: str, names: list[str]) -> str:
     """W/threat_models.md: each stage-4 study's PSNR (mean [95 % CI] over its targets, recognisable
     count) and its paired difference from the undefended FedSGD attack (bs1_none) on the same targets;
     then secure aggregation, read off the bs-4 undefended study (see the module docstring)."""
-    def study_of(path: str) -> dict[tuple, dict]:
-        return by_target(read_records(os.path.join(path, "results.jsonl")))
+    def study_of(name: str) -> dict[tuple, dict]:
+        return by_target(experiment.study_records(workdir, name))
 
-    fedsgd = study_of(os.path.join(workdir, "studies", "bs1_none"))
+    fedsgd = study_of("bs1_none")
     lines = ["# Threat models, undefended: FedAvg local steps and secure aggregation", "",
              "Utility not measured (FedAvg changes the training protocol; secure aggregation leaves the sum "
              "exact). ΔPSNR against the undefended FedSGD attack on the same targets (bs1_none), 95 % "
              "percentile-bootstrap CI, Wilcoxon p.", "",
              "| study | client | PSNR, mean [95 % CI] | recognisable (≥ 20 dB) | ΔPSNR vs FedSGD | p |",
              "|---|---|---|---|---|---|"]
-    for path in names:
-        fields = THREAT_ROWS[os.path.basename(path).removeprefix("bs1_")]
-        rows = study_of(path)
+    for name in names:
+        fields = THREAT_ROWS[name.removeprefix("bs1_")]
+        rows = study_of(name)
         psnr = np.array([r["psnr"] for r in rows.values()])
         if not len(psnr):
             continue
         low, high = paired.bootstrap_mean_ci(psnr)
         st = paired.paired_stats(*paired.shared_targets(rows, fedsgd))
-        lines.append(f"| {os.path.basename(path)} | FedAvg, {fields['threat.local_steps']} local steps of lr "
+        lines.append(f"| {name} | FedAvg, {fields['threat.local_steps']} local steps of lr "
                      f"{fields['threat.local_lr']:g}, 1 image | {psnr.mean():.2f} [{float(low):.2f}, {float(high):.2f}] | "
                      f"{int((psnr >= strongest.RECOGNISABLE_PSNR).sum())} of {len(psnr)} | {paired.format_delta(st)} | "
                      f"{paired.format_p(st['p_value'])} |")
-    bs4 = np.array([r["psnr"] for r in study_of(os.path.join(workdir, "studies", "bs4_none")).values()])
+    bs4 = np.array([r["psnr"] for r in study_of("bs4_none").values()])
     if len(bs4):
         low, high = paired.bootstrap_mean_ci(bs4)
         lines += ["", f"Secure aggregation of 4 single-image FedSGD clients: the server sees the sum of their "
@@ -323,10 +326,10 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
     strongest.rescore), one JSON line each, so that every pick and CI can be recomputed without JAX."""
     cells, picks_used, scored = {}, {"ignorant": {}, "oracle_free": {}, "oracle": {}}, []
     for name in names:
-        records = [r for r in read_records(os.path.join(name, "results.jsonl")) if r.get("status") == "ok"]
-        scores = strongest.rescore(name, records)
+        records = [r for r in experiment.study_records(workdir, name) if r.get("status") == "ok"]
+        scores = strongest.rescore(experiment.study_dir(workdir, name), records)
         picks = strongest.strongest(records, scores)
-        scored += [{"study": os.path.basename(name), "attack_id": r["attack_id"], "target_indices": r["target_indices"],
+        scored += [{"study": name, "attack_id": r["attack_id"], "target_indices": r["target_indices"],
                     "defense": defenses.describe(r["setting"]), "adaptive": bool(r["setting"].get("adaptive")),
                     "psnr": r["psnr"], "aware_matching": scores.get(r["attack_id"])} for r in records]
         ignorant = {k: r for k, r in strongest.strongest(
@@ -334,7 +337,7 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
         for suite, chosen in (("ignorant", ignorant), ("oracle_free", picks["oracle_free"]), ("oracle", picks["oracle"])):
             picks_used[suite].update(chosen)
         for r in records:
-            cells.setdefault(strongest.defense_key(r["setting"]), os.path.basename(name))
+            cells.setdefault(strongest.defense_key(r["setting"]), name)
     suites = {suite: strongest.leakage(chosen) for suite, chosen in picks_used.items()}
     rows = ["| study | defense | utility drop (points, mean over seeds) | ignorant IG: PSNR [95 % CI] | "
             "strongest, oracle-free: PSNR [95 % CI] | recognisable (≥ 20 dB) | defense-aware picked | "
@@ -466,14 +469,11 @@ def convergence(v: dict, workdir: str, names: dict[int, list[str]]) -> str:
     """W/convergence.md: the undefended arm of each batch size paired per target with as_claim's IG arm
     at 10,000 iterations (LONG_RUNS: the same victim, keys and targets; ConvNet variants only), and the
     bs-1 one with its own half budget (experiment.write_convergence)."""
-    def study(path: str, ig_only: bool = False) -> dict[tuple, dict]:
-        return by_target(read_records(path), (lambda r: not r["setting"]["as_weight"]) if ig_only else None)
-
-    undefended = {b: study(os.path.join(studies[0], "results.jsonl")) for b, studies in names.items()}
-    pairs = [(f"bs {b}, this budget vs 10,000 iterations ({LONG_RUNS[b]})", undefended[b], study(LONG_RUNS[b], True))
+    undefended = {b: by_target(experiment.study_records(workdir, studies[0])) for b, studies in names.items()}
+    pairs = [(f"bs {b}, this budget vs 10,000 iterations ({LONG_RUNS[b]})", undefended[b],
+              by_target(read_records(LONG_RUNS[b]), lambda r: not r["setting"]["as_weight"]))
              for b in names if v["attacks"]["victim"] == "convnet"]
-    pairs.append(("bs 1, this budget vs half of it", undefended[1],
-                  study(os.path.join(workdir, "studies", HALF_BUDGET, "results.jsonl"))))
+    pairs.append(("bs 1, this budget vs half of it", undefended[1], by_target(experiment.study_records(workdir, HALF_BUDGET))))
     return experiment.write_convergence(os.path.join(workdir, "convergence.md"), pairs)
 
 

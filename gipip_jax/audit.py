@@ -261,7 +261,7 @@ def run(setup: dict, workdir: str) -> dict:
         studies = {"declared": experiment.run_study(workdir, "declared", study_fields(
             setup, [setup["defense"]], prior=prior, gipip=True))}
     except Exception:   # bad input met building the first study (the model, a checkpoint): nothing of it is kept
-        if not os.path.exists(os.path.join(workdir, "studies", "declared", "results.jsonl")):
+        if not os.path.exists(os.path.join(experiment.study_dir(workdir, "declared"), "results.jsonl")):
             os.remove(manifest_path)
         raise
     for name, settings in stronger_settings(setup).items():

@@ -104,7 +104,7 @@ def train_victim(workdir: str, name: str, *, dataset: str, image_size: int | Non
 
 def run_study(workdir: str, name: str, fields: dict, spec: str = STUDY_CONFIG) -> str:
     """Runs (or resumes) study NAME with the study config's dotted `fields` set; returns its directory."""
-    folder = os.path.join(workdir, "studies", name)
+    folder = study_dir(workdir, name)
     config = configured(spec, {"name": name, **fields})
     started = time.perf_counter()
     print(f"== study {name}", flush=True)
@@ -113,9 +113,14 @@ def run_study(workdir: str, name: str, fields: dict, spec: str = STUDY_CONFIG) -
     return folder
 
 
+def study_dir(workdir: str, name: str) -> str:
+    """Where run_study keeps study NAME of a driver's work directory: W/studies/NAME."""
+    return os.path.join(workdir, "studies", name)
+
+
 def study_records(workdir: str, name: str) -> list[dict]:
-    """The records of study NAME as run_study lays it out (W/studies/NAME/results.jsonl; [] before it runs)."""
-    return results.read_records(os.path.join(workdir, "studies", name, "results.jsonl"))
+    """The records of study NAME (W/studies/NAME/results.jsonl; [] before it runs)."""
+    return results.read_records(os.path.join(study_dir(workdir, name), "results.jsonl"))
 
 
 def learned_prior_fields(fields: dict, iterations: int, *, pinned_engine: bool) -> dict:
