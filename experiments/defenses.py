@@ -255,9 +255,11 @@ def run_bs4(v: dict, workdir: str, by_setting: dict[str, list[dict]]) -> list[st
 
 def run_threats(v: dict, workdir: str) -> list[str]:
     """Stage 4: one undefended bs-1 study per THREAT_ROWS entry, on the bs-1 targets; their names."""
-    for name, fields in THREAT_ROWS.items():
-        experiment.run_study(workdir, f"bs1_{name}", {**study_fields(v, 1, 1e-6), "grid.adaptive": [False], **fields})
-    return [f"bs1_{name}" for name in THREAT_ROWS]
+    names = []
+    for row, fields in THREAT_ROWS.items():
+        names.append(f"bs1_{row}")
+        experiment.run_study(workdir, names[-1], {**study_fields(v, 1, 1e-6), "grid.adaptive": [False], **fields})
+    return names
 
 
 def threat_table(workdir: str, names: list[str]) -> str:
