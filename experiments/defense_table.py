@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from gipip_jax.defenses import DEFENSE_DEFAULTS
-from gipip_jax.results import read_records
+from gipip_jax.results import read_records, records_path
 from gipip_jax.summarize import best_restarts
 
 STUDIES = ("noise", "prune", "dp_sgd", "clip", "laplace", "dropout", "soteria")
@@ -32,7 +32,7 @@ def table(root: str, utility_path: str) -> str:
         raise ValueError(f"{utility_path} has no undefended setting to measure the utility drop from")
     cells: dict[tuple, dict[str, list]] = {}
     for study in STUDIES:
-        for r in best_restarts(read_records(f"{root}/{study}/results.jsonl")):  # [] if not run
+        for r in best_restarts(read_records(records_path(f"{root}/{study}"))):  # [] if not run
             if r.get("status") == "ok":
                 attack = "gipip" if r["setting"]["as_weight"] > 0 else "ig"
                 cells.setdefault(changed(r["setting"]), {}).setdefault(attack, []).append((r["psnr"], r["ssim"]))

@@ -26,8 +26,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     rows, truth, table = {}, None, collections.OrderedDict()
     for workdir in args.workdirs:
-        shutil.copy(os.path.join(workdir, "results.jsonl"), os.path.join(args.out, os.path.basename(workdir.rstrip("/")) + ".jsonl"))
-        records = [r for r in results.read_records(os.path.join(workdir, "results.jsonl")) if r.get("status") == "ok"]
+        shutil.copy(results.records_path(workdir), os.path.join(args.out, os.path.basename(workdir.rstrip("/")) + ".jsonl"))
+        records = [r for r in results.read_records(results.records_path(workdir)) if r.get("status") == "ok"]
         images = {}
         folder = os.path.join(workdir, "reconstructions")
         for name in sorted(os.listdir(folder)):

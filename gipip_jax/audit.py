@@ -240,7 +240,7 @@ def steps_signed(setup: dict) -> bool:
 def run(setup: dict, workdir: str) -> dict:
     """Runs (or resumes) every study of the audit, the utility runs when asked, and writes the report;
     returns the summary (also W/audit.json's "summary")."""
-    from gipip_jax import assembly, experiment
+    from gipip_jax import assembly, experiment, results
     from gipip_jax.workdir import write_text
 
     os.makedirs(workdir, exist_ok=True)
@@ -261,7 +261,7 @@ def run(setup: dict, workdir: str) -> dict:
         studies = {"declared": experiment.run_study(workdir, "declared", study_fields(
             setup, [setup["defense"]], prior=prior, gipip=True))}
     except Exception:   # bad input met building the first study (the model, a checkpoint): nothing of it is kept
-        if not os.path.exists(os.path.join(experiment.study_dir(workdir, "declared"), "results.jsonl")):
+        if not os.path.exists(results.records_path(experiment.study_dir(workdir, "declared"))):
             os.remove(manifest_path)
         raise
     for name, settings in stronger_settings(setup).items():
@@ -297,9 +297,9 @@ def leakage_cells(study_dir: str) -> dict[str, dict]:
     """{defense key: per target, the oracle-free and oracle picks' per-image PSNR / LPIPS, label
     accuracy, and the picked records} of a finished audit study."""
     from gipip_jax import strongest
-    from gipip_jax.results import read_records
+    from gipip_jax.results import read_records, records_path
 
-    records = [r for r in read_records(os.path.join(study_dir, "results.jsonl")) if r.get("status") == "ok"]
+    records = [r for r in read_records(records_path(study_dir)) if r.get("status") == "ok"]
     picks = strongest.strongest(records, strongest.rescore(study_dir, records))
     cells: dict[str, dict] = {}
     for (key, _), chosen in sorted(picks["oracle_free"].items()):
@@ -340,7 +340,7 @@ def leakage(cell: dict) -> dict:
 def summarize_audit(setup: dict, studies: dict[str, str], costs: dict[str, dict], prior: str) -> dict:
     """The numbers the report and --fail-above read: the declared setting's leakage and one row per
     stronger setting."""
-    from gipip_jax import strongest
+    from gipip_jax import results, strongest
 
     declared_key = strongest.defense_key(setup["defense"])
     rows = []
@@ -355,7 +355,7 @@ def summarize_audit(setup: dict, studies: dict[str, str], costs: dict[str, dict]
     declared = next((r for r in rows if r["study"] == "declared" and strongest.defense_key(r["defense"]) == declared_key),
                     None)
     if declared is None:
-        raise AuditError(f"no attack on the declared setup ended ok (see {studies['declared']}/results.jsonl)")
+        raise AuditError(f"no attack on the declared setup ended ok (see {results.records_path(studies['declared'])})")
     return {"declared": declared, "stronger": [r for r in rows if r is not declared], "gipip": bool(prior),
             "prior": prior}
 

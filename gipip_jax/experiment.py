@@ -120,7 +120,7 @@ def study_dir(workdir: str, name: str) -> str:
 
 def study_records(workdir: str, name: str) -> list[dict]:
     """The records of study NAME (W/studies/NAME/results.jsonl; [] before it runs)."""
-    return results.read_records(os.path.join(study_dir(workdir, name), "results.jsonl"))
+    return results.read_records(results.records_path(study_dir(workdir, name)))
 
 
 def learned_prior_fields(fields: dict, iterations: int, *, pinned_engine: bool) -> dict:

@@ -98,7 +98,7 @@ def load(workdir: str) -> tuple[dict, list[dict]]:
             entries = list(manifest["studies"])
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ReportError(f"{manifest_path} is not a valid experiment manifest: {error!r}") from None
-    elif os.path.exists(os.path.join(workdir, "results.jsonl")):
+    elif os.path.exists(results.records_path(workdir)):
         manifest, entries = {"title": f"Study {os.path.basename(os.path.abspath(workdir))}"}, [{"dir": "."}]
         manifest["studies"] = entries
     else:
@@ -110,7 +110,7 @@ def load(workdir: str) -> tuple[dict, list[dict]]:
         if not isinstance(entry.get("where", {}), dict):
             raise ReportError(f"{manifest_path}: a study's \"where\" must map grid fields to values, "
                               f"got {entry['where']!r}")
-        path = os.path.join(workdir, entry["dir"], "results.jsonl")
+        path = results.records_path(os.path.join(workdir, entry["dir"]))
         found = results.read_records(path)
         if os.path.realpath(path) not in read:   # once per file, though several entries may read it
             read.add(os.path.realpath(path))

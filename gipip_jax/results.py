@@ -24,6 +24,11 @@ from PIL import Image
 _TAIL_BLOCK = 1 << 16
 
 
+def records_path(study_dir: str) -> str:
+    """Where a study directory keeps its records: STUDY_DIR/results.jsonl."""
+    return os.path.join(study_dir, "results.jsonl")
+
+
 class ResultsError(ValueError):
     """A results file that cannot be read: a line in the middle that is not a JSON object."""
 

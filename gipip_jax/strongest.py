@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from gipip_jax import adaptive, defenses, study, summarize
-from gipip_jax.results import read_reconstructions, read_records
+from gipip_jax.results import read_reconstructions, read_records, records_path
 
 RECOGNISABLE_PSNR = 20.0   # dB
 PICKS = ("oracle_free", "oracle")
@@ -44,7 +44,7 @@ def rescore(workdir: str, records: list[dict] | None = None) -> dict[int, float]
     who knows its defense, where the study has defense-aware arms (else with the study's plain
     matching, the one criterion its attacks share). Rebuilds the study from its records' config (the
     same attacks, updates and keys); reads W/reconstructions/*.npz."""
-    records = [r for r in (records or read_records(os.path.join(workdir, "results.jsonl"))) if r.get("status") == "ok"]
+    records = [r for r in (records or read_records(records_path(workdir))) if r.get("status") == "ok"]
     if not records:
         return {}
     s = study.Study(ml_collections.ConfigDict(records[0]["config"]), workdir, log=lambda *_: None)

@@ -332,7 +332,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         config = distributed.without_launch_fields(config)   # one fingerprint for all processes and relaunches
     os.makedirs(workdir, exist_ok=True)
     writer = jax.process_index() == 0
-    results_path = os.path.join(workdir, "results.jsonl")
+    results_path = results.records_path(workdir)
     study = program = None
     where = {"wave": 0, "step": 0}   # the running wave (from 1) and its step, for an interrupt's line
 
