@@ -26,13 +26,10 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     rows, truth, table = {}, None, collections.OrderedDict()
     for workdir in args.workdirs:
-        shutil.copy(results.records_path(workdir), os.path.join(args.out, os.path.basename(workdir.rstrip("/")) + ".jsonl"))
-        records = [r for r in results.read_records(results.records_path(workdir)) if r.get("status") == "ok"]
-        images = {}
-        folder = os.path.join(workdir, "reconstructions")
-        for name in sorted(os.listdir(folder)):
-            with np.load(os.path.join(folder, name)) as saved:
-                images.update(zip(saved["ids"].tolist(), saved["images01"]))
+        records_file = results.records_path(workdir)
+        shutil.copy(records_file, os.path.join(args.out, os.path.basename(workdir.rstrip("/")) + ".jsonl"))
+        records = [r for r in results.read_records(records_file) if r.get("status") == "ok"]
+        images = results.read_reconstructions(workdir)
         for r in sorted(records, key=lambda r: r["target_indices"][0]):
             name = r["attack"] + (f" ({r['setting_label']})" if r["setting_label"] else "")
             table.setdefault(name, []).append((r["psnr"], r["ssim"], r.get("lpips", np.nan), r["iterations"], r["seconds"]))
