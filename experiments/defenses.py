@@ -93,7 +93,7 @@ import sys
 import numpy as np
 
 from gipip_jax import defenses, experiment, paired, strongest, study, utility
-from gipip_jax.results import by_target, read_records
+from gipip_jax.results import by_target, ok_records, read_records
 from gipip_jax.workdir import write_text
 
 UTILITY_CONFIG = "experiments/configs/utility_cifar10.py"
@@ -328,7 +328,7 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
     strongest.rescore), one JSON line each, so that every pick and CI can be recomputed without JAX."""
     cells, picks_used, scored = {}, {"ignorant": {}, "oracle_free": {}, "oracle": {}}, []
     for name in names:
-        records = [r for r in experiment.study_records(workdir, name) if r.get("status") == "ok"]
+        records = ok_records(experiment.study_dir(workdir, name))
         scores = strongest.rescore(experiment.study_dir(workdir, name), records)
         picks = strongest.strongest(records, scores)
         scored += [{"study": name, "attack_id": r["attack_id"], "target_indices": r["target_indices"],

@@ -28,7 +28,7 @@ def main():
     for workdir in args.workdirs:
         records_file = results.records_path(workdir)
         shutil.copy(records_file, os.path.join(args.out, os.path.basename(workdir.rstrip("/")) + ".jsonl"))
-        records = [r for r in results.read_records(records_file) if r.get("status") == "ok"]
+        records = results.ok_records(workdir)
         images = results.read_reconstructions(workdir)
         for r in sorted(records, key=lambda r: r["target_indices"][0]):
             name = r["attack"] + (f" ({r['setting_label']})" if r["setting_label"] else "")

@@ -297,9 +297,9 @@ def leakage_cells(study_dir: str) -> dict[str, dict]:
     """{defense key: per target, the oracle-free and oracle picks' per-image PSNR / LPIPS, label
     accuracy, and the picked records} of a finished audit study."""
     from gipip_jax import strongest
-    from gipip_jax.results import read_records, records_path
+    from gipip_jax.results import ok_records
 
-    records = [r for r in read_records(records_path(study_dir)) if r.get("status") == "ok"]
+    records = ok_records(study_dir)
     picks = strongest.strongest(records, strongest.rescore(study_dir, records))
     cells: dict[str, dict] = {}
     for (key, _), chosen in sorted(picks["oracle_free"].items()):

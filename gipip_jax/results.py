@@ -110,6 +110,11 @@ def read_records(path: str) -> list[dict]:
     return records
 
 
+def ok_records(study_dir: str) -> list[dict]:
+    """The records of study directory `study_dir` whose attack finished (status "ok"), in file order."""
+    return [r for r in read_records(records_path(study_dir)) if r.get("status") == "ok"]
+
+
 def by_target(records: Iterable[dict], keep=None) -> dict[tuple, dict]:
     """{target indices: record} of the records with status "ok" that `keep(record)` accepts (all of them
     by default); a target attacked twice keeps its last record."""

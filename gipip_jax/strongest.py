@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from gipip_jax import adaptive, defenses, study, summarize
-from gipip_jax.results import read_reconstructions, read_records, records_path
+from gipip_jax.results import ok_records, read_reconstructions
 
 RECOGNISABLE_PSNR = 20.0   # dB
 PICKS = ("oracle_free", "oracle")
@@ -39,12 +39,12 @@ def defense_key(setting: dict) -> str:
 
 
 def rescore(workdir: str, records: list[dict] | None = None) -> dict[int, float]:
-    """{attack_id: the defense-aware matching value of its final reconstruction} for the ok records of
-    study directory `workdir` (default: all of them): each scored with the knowledge of an attacker
+    """{attack_id: the defense-aware matching value of its final reconstruction} for `records`, ok
+    records of study directory `workdir` (default: all of them): each scored with the knowledge of an attacker
     who knows its defense, where the study has defense-aware arms (else with the study's plain
     matching, the one criterion its attacks share). Rebuilds the study from its records' config (the
     same attacks, updates and keys); reads W/reconstructions/*.npz."""
-    records = [r for r in (records or read_records(records_path(workdir))) if r.get("status") == "ok"]
+    records = ok_records(workdir) if records is None else records
     if not records:
         return {}
     s = study.Study(ml_collections.ConfigDict(records[0]["config"]), workdir, log=lambda *_: None)

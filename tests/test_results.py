@@ -21,6 +21,14 @@ def test_records_round_trip_and_torn_last_line(tmp_path):
     assert records[1]["psnr"] == float("inf")
 
 
+def test_ok_records_keeps_finished_attacks_in_file_order(tmp_path):
+    assert results.ok_records(str(tmp_path)) == []
+    statuses = ["ok", "failed", "ok", "diverged"]
+    results.append_records(results.records_path(str(tmp_path)),
+                           [{"attack_id": i, "status": s} for i, s in enumerate(statuses)] + [{"attack_id": 4}])
+    assert [r["attack_id"] for r in results.ok_records(str(tmp_path))] == [0, 2]
+
+
 def test_append_after_a_torn_last_line_cuts_the_fragment_off(tmp_path, capsys):
     path = str(tmp_path / "results.jsonl")
     results.append_record(path, {"attack_id": 0})
