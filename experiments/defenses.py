@@ -436,8 +436,15 @@ def pruning_claim(least: str, against_least: dict[str, dict]) -> str:
     return "refuted" if all(beyond_noise(against_least[f]) for f in pruning) else "undecided"
 
 
+def strength_label(setting: dict, family_settings: list[dict]) -> str:
+    """The value(s) of `setting` in the field(s) its family sweeps ("1e-3"; "" for a family of one setting)."""
+    swept = [f for f in setting if len({repr(s.get(f)) for s in family_settings}) > 1]
+    return ", ".join(f"{setting[f]:g}" if isinstance(setting[f], float) else str(setting[f]) for f in swept)
+
+
 def leakage_plot(v: dict, points: dict, path: str) -> bool:
-    """Mean PSNR (95 % CI bars) against mean utility drop, one curve per family, a panel per suite."""
+    """Mean PSNR (95 % CI bars) against mean utility drop, one curve per family in the order of its
+    strengths (each point labelled with its strength), a panel per suite."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -446,14 +453,17 @@ def leakage_plot(v: dict, points: dict, path: str) -> bool:
     drawn = False
     for ax, suite in zip(axes, ("ignorant", "oracle_free")):
         for family, chosen in families(v).items():
-            xy = [points[(suite, strongest.defense_key(s))] for s in chosen]
-            xy = [(d, p) for d, p in xy if d is not None]
+            xy = [(*points[(suite, strongest.defense_key(s))], strength_label(s, chosen)) for s in chosen]
+            xy = [(d, p, label) for d, p, label in xy if d is not None]
             if not xy:
                 continue
-            means = [p.mean() for _, p in xy]
-            cis = [paired.bootstrap_mean_ci(p) for _, p in xy]
+            means = [p.mean() for _, p, _ in xy]
+            cis = [paired.bootstrap_mean_ci(p) for _, p, _ in xy]
             err = np.array([[m - float(lo), float(hi) - m] for m, (lo, hi) in zip(means, cis)]).T
-            ax.errorbar([d for d, _ in xy], means, yerr=np.nan_to_num(err), marker="o", capsize=3, label=family)
+            bars = ax.errorbar([d for d, _, _ in xy], means, yerr=np.nan_to_num(err), marker="o", capsize=3, label=family)
+            for (d, _, label), m in zip(xy, means):
+                ax.annotate(label, (d, m), xytext=(4, 3), textcoords="offset points", fontsize=6,
+                            color=bars.lines[0].get_color())
             drawn = True
         ax.axhline(strongest.RECOGNISABLE_PSNR, color="gray", ls=":", lw=1)
         ax.set_title("ignorant attack" if suite == "ignorant" else "strongest of the suite (oracle-free)")
