@@ -437,7 +437,7 @@ def pruning_claim(least: str, against_least: dict[str, dict]) -> str:
 
 
 def strength_label(setting: dict, family_settings: list[dict]) -> str:
-    """The value(s) of `setting` in the field(s) its family sweeps ("1e-3"; "" for a family of one setting)."""
+    """The value(s) of `setting` in the field(s) its family sweeps ("0.001"; "" for a family of one setting)."""
     swept = [f for f in setting if len({repr(s.get(f)) for s in family_settings}) > 1]
     return ", ".join(f"{setting[f]:g}" if isinstance(setting[f], float) else str(setting[f]) for f in swept)
 
