@@ -328,14 +328,14 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
     strongest.rescore), one JSON line each, so that every pick and CI can be recomputed without JAX."""
     cells, picks_used, scored = {}, {"ignorant": {}, "oracle_free": {}, "oracle": {}}, []
     for name in names:
-        records = ok_records(experiment.study_dir(workdir, name))
-        scores = strongest.rescore(experiment.study_dir(workdir, name), records)
+        study = experiment.study_dir(workdir, name)
+        records = ok_records(study)
+        scores = strongest.rescore(study, records)
         picks = strongest.strongest(records, scores)
         scored += [{"study": name, "attack_id": r["attack_id"], "target_indices": r["target_indices"],
                     "defense": defenses.describe(r["setting"]), "adaptive": bool(r["setting"].get("adaptive")),
                     "psnr": r["psnr"], "aware_matching": scores.get(r["attack_id"])} for r in records]
-        ignorant = {k: r for k, r in strongest.strongest(
-            [r for r in records if not r["setting"].get("adaptive")], {})["oracle"].items()}
+        ignorant = strongest.strongest([r for r in records if not r["setting"].get("adaptive")], {})["oracle"]
         for suite, chosen in (("ignorant", ignorant), ("oracle_free", picks["oracle_free"]), ("oracle", picks["oracle"])):
             picks_used[suite].update(chosen)
         for r in records:
