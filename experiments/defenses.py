@@ -367,7 +367,10 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
         write_text(os.path.join(workdir, VERDICTS_FILE), json.dumps(found, indent=2))
         plot_path = os.path.join(workdir, f"leakage_utility_bs{batch_size}.png")
         if leakage_plot(v, points, plot_path):
+            left_off = [f for f in families(v) if f in UTILITY_UNMEASURED]
             text += ["", f"![leakage vs utility]({os.path.basename(plot_path)})"]
+            if left_off:
+                text.append(f"Not drawn, having no utility number (their leakage is in the table): {', '.join(left_off)}.")
     path = os.path.join(workdir, f"leakage_bs{batch_size}.md")
     write_text(path, "\n".join(text) + "\n")
     return path

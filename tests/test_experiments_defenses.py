@@ -52,6 +52,7 @@ def test_defenses_smoke_runs_both_arms_of_every_family_and_reads_the_verdicts(dr
     found = json.loads((tmp_path / "verdicts.json").read_text())   # the same verdicts, machine-readable
     assert len(found) == 6 and all(f"least leaking {v['least']} " in text for v in found)
     assert (tmp_path / "leakage_utility_bs1.png").stat().st_size > 0
+    assert "Not drawn, having no utility number (their leakage is in the table): soteria." in text
     assert (tmp_path / "leakage_bs4.md").read_text().count("\n| bs4_") == 2
     half = read_records(os.path.join(tmp_path, "studies", "bs1_none_half", "results.jsonl"))
     assert [r["iterations"] for r in half] == [5, 5] and all(r["config"]["attack"]["signed"] for r in half)
