@@ -19,7 +19,9 @@ minimum over all B! orderings inside jit (exact Hungarian matching; B <= MAX_MAT
 (learning_rate, 1e-4 in the reference), x0.1 from `decay_at` of the steps on (0.75, the reference's
 epoch). The parameters kept are those with the lowest MSE on HELD-OUT auxiliary images (evaluated
 with one fixed key), never on targets (the reference picks by test loss). The mean auxiliary image
-is the baseline every inverter must beat.
+is the baseline every inverter must beat. With `progress`, the training state is saved after every
+held-out evaluation and a rerun of the same training resumes from it (the same result: every
+epoch's order and keys come from the epoch number).
 
 Checkpoint (`save` / `load`): `checkpoints.save` of {"mlp": params, "scale": f32 (), "bins": int32
 (P,) when hashed} with metadata["inverter"] = {hidden, out_shape [B, H, W, C], num_params,
@@ -28,8 +30,11 @@ num_features, hashed}; loading checks the tree against a fresh model of that spe
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -221,7 +226,7 @@ def train(victim, variables: dict, aux01, aux_labels, heldout01, heldout_labels,
           client_batch: int = 1, defense_fields: Mapping | None = None, threat: Mapping | None = None,
           hidden: int = 3000, num_bins: int = 0, hash_seed: int = 0, epochs: int = 10, batch_size: int = 256,
           learning_rate: float = 1e-4, decay_at: float = 0.75, eval_every: int = 1, seed: int = 0,
-          log: Callable[[str], None] = print) -> tuple[dict, Spec, dict]:
+          progress: str | None = None, log: Callable[[str], None] = print) -> tuple[dict, Spec, dict]:
     """Trains an inverter for `victim` (its `variables` fixed) and the given defense and threat model.
 
     aux01 (n, H, W, C) / heldout01 (m, H, W, C) float32 in [0, 1], labels int (n,) / (m,): every
@@ -229,6 +234,8 @@ def train(victim, variables: dict, aux01, aux_labels, heldout01, heldout_labels,
     run in steps of `batch_size` of them (last partial step dropped). Returns (tree of the kept
     params, spec, metrics: epochs, steps, seconds, updates_per_s (client updates of training per second,
     compiles excluded), best_epoch, heldout_mse, heldout_psnr, baseline_mse, baseline_psnr, train_loss).
+    `progress`: a directory for the resume state, written after every held-out evaluation; when it
+    exists, training continues from it (ValueError when another training wrote it).
     """
     aux01, heldout01 = np.asarray(aux01, np.float32), np.asarray(heldout01, np.float32)
     pairs_per_epoch = len(aux01) // client_batch
@@ -273,12 +280,23 @@ def train(victim, variables: dict, aux01, aux_labels, heldout01, heldout_labels,
     log(f"LTI: {spec.num_params} update values -> {spec.num_features} features -> hidden {spec.hidden} -> "
         f"{spec.out_shape} images; {pairs_per_epoch} client batches/epoch in {steps_per_epoch} steps of {batch_size}; "
         f"mean-image baseline held-out MSE {base_mse:.5f}")
-    start, train_seconds, timed_steps, loss = time.perf_counter(), 0.0, 0, np.nan
-    for epoch in range(1, epochs + 1):
+    start, train_seconds, timed_steps, loss, done = time.perf_counter(), 0.0, 0, np.nan, 0
+    identity = _training_identity(
+        [variables["params"], aux01, aux_labels, heldout01, heldout_labels],
+        dict(client_batch=client_batch, defense=dict(defense_fields or {}), threat=dict(threat or {}), hidden=hidden,
+             num_bins=num_bins, hash_seed=hash_seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+             decay_at=decay_at, eval_every=eval_every, seed=seed))
+    if progress and os.path.exists(progress):
+        state, best, done, counters = _restore_progress(progress, state, identity)
+        train_seconds, timed_steps, loss = counters["train_seconds"], counters["timed_steps"], counters["train_loss"]
+        start -= counters["seconds"]
+        log(f"LTI: resumed after epoch {done} of {epochs} from {progress} (best held-out MSE {best[0]:.5f} "
+            f"at epoch {best[2]})")
+    for epoch in range(done + 1, epochs + 1):
         epoch_key = jax.random.fold_in(jax.random.fold_in(key, 1), epoch)
         order = np.asarray(jax.random.permutation(jax.random.fold_in(epoch_key, 0), len(aux01)))
         groups = order[:steps_per_epoch * batch_size * client_batch].reshape(steps_per_epoch, batch_size, client_batch)
-        losses, first = [], 1 if epoch == 1 else 0   # the very first step compiles: not timed
+        losses, first = [], 1 if epoch == done + 1 else 0   # the first step of a process compiles: not timed
         for index in range(steps_per_epoch):
             if index == first:
                 jax.block_until_ready(state)
@@ -296,6 +314,10 @@ def train(victim, variables: dict, aux01, aux_labels, heldout01, heldout_labels,
             if mse < best[0]:
                 best = (mse, state.params, epoch, psnr)
             line += f"  held-out MSE {mse:.5f} PSNR {psnr:.2f} dB (best {best[0]:.5f} at epoch {best[2]})"
+            if progress and epoch < epochs:
+                _save_progress(progress, state, best, epoch, identity, dict(
+                    train_seconds=train_seconds, timed_steps=timed_steps, train_loss=loss,
+                    seconds=time.perf_counter() - start))
         log(line)
     metrics = {"epochs": epochs, "steps": total_steps, "seconds": time.perf_counter() - start,
                "updates_per_s": timed_steps * batch_size / train_seconds if train_seconds > 0 else None,
@@ -303,6 +325,37 @@ def train(victim, variables: dict, aux01, aux_labels, heldout01, heldout_labels,
                "baseline_psnr": base_psnr, "train_loss": loss}
     tree = {"mlp": best[1], **frozen}
     return jax.tree.map(np.asarray, tree), spec, metrics
+
+
+def _training_identity(arrays: list, settings: dict) -> str:
+    """A digest of a training's inputs (victim weights, images, labels) and settings: what a resume checks."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for leaf in jax.tree.leaves(arrays):
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return digest.hexdigest()
+
+
+def _save_progress(path: str, state: TrainState, best: tuple, epoch: int, identity: str, counters: dict) -> None:
+    """The resume state after `epoch`: params, optimizer state and the best params so far, with the counters."""
+    leaves = jax.tree.leaves(state.opt_state)
+    tree = {"params": state.params, "best": best[1], "opt": {f"{i:04d}": leaf for i, leaf in enumerate(leaves)}}
+    checkpoints.save(path, tree, {"identity": identity, "epoch": epoch, "best_mse": best[0], "best_epoch": best[2],
+                                  "best_psnr": best[3], **counters}, overwrite=True)
+
+
+def _restore_progress(path: str, fresh: TrainState, identity: str) -> tuple[TrainState, tuple, int, dict]:
+    """(state, best, epoch, counters) saved by `_save_progress`, onto the structure of `fresh`."""
+    tree, meta = checkpoints.restore(path)
+    if meta.get("identity") != identity:
+        raise ValueError(f"{path} holds the progress of another LTI training (other data, victim or settings); "
+                         f"delete it to start this one from the beginning")
+    like = lambda ref, got: jax.tree.map(lambda r, g: jnp.asarray(g, r.dtype), ref, got)  # noqa: E731
+    opt_leaves, treedef = jax.tree.flatten(fresh.opt_state)
+    opt = jax.tree.unflatten(treedef, [jnp.asarray(tree["opt"][f"{i:04d}"], leaf.dtype)
+                                       for i, leaf in enumerate(opt_leaves)])
+    state = TrainState(like(fresh.params, tree["params"]), opt)
+    best = (float(meta["best_mse"]), like(fresh.params, tree["best"]), int(meta["best_epoch"]), float(meta["best_psnr"]))
+    return state, best, int(meta["epoch"]), meta
 
 
 def _expected_tree(spec: Spec) -> tuple[InverterMLP, dict]:

@@ -101,6 +101,36 @@ def test_lti_beats_the_mean_image_on_held_out_auxiliary_images(trained):
     assert metrics["best_epoch"] > 0 and metrics["updates_per_s"] > 0 and not spec.hashed
 
 
+@pytest.mark.slow
+def test_training_resumes_after_a_kill_to_the_same_network(patches, tmp_path):
+    x_aux, y_aux, x_held, y_held, info = patches
+    victim, variables = lenet()
+    settings = dict(normalize=info.normalize, hidden=32, epochs=3, batch_size=32, learning_rate=1e-3, eval_every=1)
+
+    def run(progress, log=lambda _: None, **changed):
+        return inverter.train(victim, variables, x_aux, y_aux, x_held, y_held, **{**settings, **changed},
+                              progress=str(progress), log=log)
+
+    whole = run(tmp_path / "whole")
+
+    def kill_after_epoch_2(line):
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    progress = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run(progress, log=kill_after_epoch_2)
+    lines = []
+    resumed = run(progress, log=lines.append)
+    assert any("resumed after epoch 2 of 3" in line for line in lines)
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["3/3"]
+    for a, b in zip(jax.tree.leaves(whole[0]), jax.tree.leaves(resumed[0]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert resumed[2]["best_epoch"] == whole[2]["best_epoch"]
+    with pytest.raises(ValueError, match="another LTI training"):
+        run(progress, learning_rate=2e-3)
+
+
 def test_matched_mse_is_the_best_ordering():
     target = jnp.stack([jnp.zeros((2, 2, 1)), jnp.ones((2, 2, 1)), jnp.full((2, 2, 1), 0.5)])[None]
     swapped = target[:, jnp.array([2, 0, 1])]
@@ -154,6 +184,7 @@ def test_train_inverter_writes_a_checkpoint_with_its_metadata(cli_inverter):
     num_params = sum(leaf.size for leaf in jax.tree.leaves(victim.init(jax.random.key(0))["params"]))
     assert loaded.spec.hashed and loaded.spec.num_features == 500 and loaded.tree["bins"].shape == (num_params,)
     assert meta["inverter"]["out_shape"] == [1, 32, 32, 3]
+    assert not (cli_inverter.parent / "inverter_progress").exists()   # the resume state goes once it is saved
 
 
 def lti_study_args(folder, workdir, checkpoint, *extra):
@@ -200,3 +231,8 @@ def test_inverter_errors_are_one_clear_line(folder, cli_inverter, tmp_path, caps
     assert cli.main(lti_study_args(folder, tmp_path / "d", cli_inverter, "--set=attack.init=magic",
                                    "--set=attack.iterations=2")) == 2
     assert "attack.init" in capsys.readouterr().err
+    again = ["train-inverter", "--config", str(CONFIGS / "inverter_cifar10.py:smoke"), "--workdir",
+             str(cli_inverter.parent), *folder]
+    assert cli.main(again) != 0   # a second training into the same work directory: refused before it trains
+    out, err = capsys.readouterr()
+    assert "already exists" in err and err.count("\n") == 1 and "training the LTI inverter" not in out
