@@ -10,7 +10,8 @@ step: e.g. --set defense.noise_std=0.01, --set defense.prune_sparsity=0.9; the t
 (aux.fraction 0.05, seed 0: the same 2,500 images, the same 1,000 held out); aux.fraction=1.0 is
 all of train minus the 1,000 held out (LTI's amount). Attack with it: `--set attack.init=inverter
 --set inverter.checkpoint=W/inverter` on a study config (attack.iterations=0: LTI alone; > 0: the
-optimization attack starting at LTI's output).
+optimization attack starting at LTI's output). An interrupted training resumes when the same command is
+rerun, from WORKDIR/inverter_progress (written at every held-out check, removed once the network is saved).
 
 Variants (reference: MLP hidden 3,000, Adam 1e-4, batch 256, lr x0.1 at 3/4 of training; ResNet20
 hashed into 0.5 |theta| bins, 40 epochs on 50,000 images):
