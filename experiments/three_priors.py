@@ -41,7 +41,8 @@ priors on all of train: for a GPU.
 Variants:
   smoke  tiny victim, 32 px, 256 auxiliary images (inverter_cifar10.py:smoke; AE and GAN trained a
          few steps on the same images), 2 targets, 10 iterations (tested in CI)
-  cpu    as above, ITER 4,000, the shipped AE and GAN (5 %)
+  cpu    as above, ITER 4,000, the shipped AE and GAN (5 %); the engine plan pinned (vmap_patches, 4 attacks
+         a wave: the defense study's), so machine load cannot change it
   full   ITER 10,000, every prior trained on all of train (not run yet: no GPU lent)
 """
 
@@ -66,7 +67,8 @@ VARIANTS = {
                   engine={"engine.strategy": "unroll", "engine.attacks_per_device": 2, "engine.chunk_size": 5,
                           "engine.checkpoint_every": 10}),
     "cpu": dict(inverter="cpu", victim="convnet", targets=16, iterations=4000, lpips="alexnet", train=None,
-                engine={"engine.chunk_size": 50, "engine.checkpoint_every": 500}),
+                engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4,   # pinned: the defense
+                        "engine.chunk_size": 50, "engine.checkpoint_every": 500}),     # study's bs-1 plan
     "full": dict(inverter="full", victim="convnet", targets=16, iterations=10_000, lpips="alexnet",
                  train=dict(fraction=1.0, ae_steps=150 * 49_000 // 16, gan_steps=40_000),
                  engine={"engine.chunk_size": 200, "engine.checkpoint_every": 2000}),
