@@ -342,8 +342,8 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
             cells.setdefault(strongest.defense_key(r["setting"]), name)
     suites = {suite: strongest.leakage(chosen) for suite, chosen in picks_used.items()}
     rows = ["| study | defense | utility drop (points, mean over seeds) | ignorant IG: PSNR [95 % CI] | "
-            "strongest, oracle-free: PSNR [95 % CI] | recognisable (≥ 20 dB) | defense-aware picked | "
-            "strongest, oracle: PSNR |", "|---|---|---|---|---|---|---|---|"]
+            "strongest, oracle-free: PSNR [95 % CI] | knowing the defense: oracle-free − ignorant, ΔPSNR [95 % CI] | "
+            "recognisable (≥ 20 dB) | defense-aware picked | strongest, oracle: PSNR |", "|---|---|---|---|---|---|---|---|---|"]
     points = {}
     write_text(os.path.join(workdir, f"scores_bs{batch_size}.jsonl"), "".join(json.dumps(row) + "\n" for row in scored))
     for key, study_name in cells.items():
@@ -355,8 +355,10 @@ def analyse(v: dict, workdir: str, names: list[str], by_setting: dict[str, list[
             low, high = paired.bootstrap_mean_ci(psnr)
             row.append(f"{psnr.mean():.2f} [{float(low):.2f}, {float(high):.2f}]")
             points[(suite, key)] = (drop, psnr)
-        free = suites["oracle_free"][key]
-        row += [f"{free['recognisable']:.0%} of {len(free['psnr'])}", f"{free['adaptive']:.0%}",
+        free, ignorant = suites["oracle_free"][key], suites["ignorant"][key]
+        assert free["targets"] == ignorant["targets"], f"{study_name}: the suites attack other targets"
+        row += [paired.format_delta(paired.paired_stats(free["psnr"], ignorant["psnr"])),
+                f"{free['recognisable']:.0%} of {len(free['psnr'])}", f"{free['adaptive']:.0%}",
                 f"{suites['oracle'][key]['psnr'].mean():.2f}"]
         rows.append("| " + " | ".join(row) + " |")
     text = [f"# Leakage at batch size {batch_size}: every defense setting under the ignorant and the strongest attack",

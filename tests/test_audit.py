@@ -78,12 +78,16 @@ def test_the_headline_counts_are_those_of_the_picked_records(audited):
     assert audit.headline(summary) in report and "labels recovered" in report
     assert all(r["config"]["attack"]["signed"] for r in records) and "10 iterations of signed Adam steps" in report
     assert (w / "report" / "worst_cases.png").exists() and (w / "report.html").exists()
-    # what would help: the declared setting, then pruning 0.9 with its measured accuracy cost
-    [stronger] = summary["stronger"]
+    # what would help: the declared setting, then pruning 0.9 and the defense study's published least-leaking
+    # setting (experiments/results/defenses/verdicts.json), each with its measured accuracy cost
+    stronger, *least = summary["stronger"]
     assert stronger["defense"]["prune_sparsity"] == 0.9 and declared["defense"]["prune_sparsity"] == 0.5
+    published = audit.least_leaking()
+    assert published and len(least) == 1 and all(least[0]["defense"][k] == v for k, v in published.items())
     costs = json.loads((w / "utility" / "utility.json").read_text())
     undefended = next(r for r in costs.values() if r["defense"] == defenses.DEFENSE_DEFAULTS)
-    assert stronger["accuracy_drop"] == pytest.approx(undefended["eval_acc"] - stronger["accuracy"])
+    for row in (stronger, *least):
+        assert row["accuracy_drop"] == pytest.approx(undefended["eval_acc"] - row["accuracy"])
     assert "not measured" not in report
 
 
@@ -159,7 +163,8 @@ def test_every_defense_names_stronger_settings_that_are_stronger(name):
     assert [s[strength] for s in d.stronger(middle)] == values[2:]
 
 
-def test_stronger_settings_keep_the_other_declared_fields_and_try_two_defenses_when_none_is_declared():
+def test_stronger_settings_keep_the_other_declared_fields_and_try_two_defenses_when_none_is_declared(tmp_path, monkeypatch):
+    monkeypatch.setattr(audit, "DEFENSE_VERDICTS", str(tmp_path / "unpublished.json"))   # the ladder alone
     setup = {"defense": {"noise": "laplace", "noise_std": 0.03, "clip_norm": 1.0}, "stronger": 2}
     # clip comes first in the registry: its bound tightens, the noise stays as declared
     assert audit.stronger_settings(setup) == {"clip": [{"noise": "laplace", "noise_std": 0.03, "clip_norm": 0.1},

@@ -49,6 +49,8 @@ def test_defenses_smoke_runs_both_arms_of_every_family_and_reads_the_verdicts(dr
         assert all(r["status"] == "ok" for r in records) and all(r["attacker_knows"] for r in adapted)
     text = (tmp_path / "leakage_bs1.md").read_text()
     assert text.count("\n| bs1_") == 4 and text.count("Pruning best: ") == 6
+    undefended = next(line for line in text.splitlines() if line.startswith("| bs1_none | none |"))
+    assert "| +0.00 [+0.00, +0.00], med +0.00, 0↑/0↓ |" in undefended   # no defense to know: the same picks
     found = json.loads((tmp_path / "verdicts.json").read_text())   # the same verdicts, machine-readable
     assert len(found) == 6 and all(f"least leaking {v['least']} " in text for v in found)
     assert (tmp_path / "leakage_utility_bs1.png").stat().st_size > 0
