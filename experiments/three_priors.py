@@ -30,19 +30,31 @@ budget_pilot) that budget left the undefended IG 4.85 dB [2.79, 6.92] below 10,0
 signed steps at 4,000 came within −0.27 dB [−1.08, +0.54]; so ITER is 4,000 with signed steps, and
 the half-budget arm checks convergence on this study's own victim and targets.
 
+Amendment 2 (2026-12-07, before any attack of this study; the `cpu` variant's LTI network was training):
+the issue also asks for LTI at its own auxiliary amount, all of train, which `full` covers on a GPU
+only. Variant `cpu_all` adds it at CPU scale as a study of its own (its own W, report and Holm family,
+so the `cpu` comparison above is unchanged): IG, LTI alone and LTI + IG on the same 16 targets and keys,
+the LTI network trained on all of train but the 1,000 held out (inverter_cifar10.py:cpu_all: the `cpu`
+network and optimizer, 6 epochs of 49,000 updates, 1,146 steps against `cpu`'s 270). It is not an
+equal-data comparison: the AE and the GAN stay at 5 % (training them on all of train is `full`'s).
+PRIMARY ENDPOINT of `cpu_all`: LTI alone and LTI + IG against IG, paired ΔPSNR over the 16 targets, the
+same CI and test, Holm over its 2 arms.
+
 All three trainers draw their images with data.auxiliary_split (seed 0, the same held-out count), so
 they learn from the same images in every variant.
 
 Budget on the 2-core CPU (cpu: ITER 4,000): LTI training (inverter_cifar10.py:cpu) ~1.6 h; ig, gipip
 and lti_ig 3 x 16 x 4,000 = 192k attack-steps and ig_half 32k, at ~80/s with signed steps, ~50 min;
-gan 64k generator steps, ~1 h; in all ~3.4 CPU hours, resumable. `full`: 10,000 iterations and the
-priors on all of train: for a GPU.
+gan 64k generator steps, ~1 h; in all ~3.4 CPU hours, resumable. `cpu_all`: LTI training ~1.6 h (15 min
+an epoch of 49,000 updates, from `cpu`'s ~45 s per 2,500 on this machine), ig and lti_ig 128k
+attack-steps ~25 min; ~2 h. `full`: 10,000 iterations and the priors on all of train: for a GPU.
 
 Variants:
   smoke  tiny victim, 32 px, 256 auxiliary images (inverter_cifar10.py:smoke; AE and GAN trained a
          few steps on the same images), 2 targets, 10 iterations (tested in CI)
   cpu    as above, ITER 4,000, the shipped AE and GAN (5 %); the engine plan pinned (vmap_patches, 4 attacks
          a wave: the defense study's), so machine load cannot change it
+  cpu_all  ITER 4,000, arms ig, lti and lti_ig, the LTI network trained on all of train (amendment 2)
   full   ITER 10,000, every prior trained on all of train (not run yet: no GPU lent)
 """
 
@@ -69,6 +81,10 @@ VARIANTS = {
     "cpu": dict(inverter="cpu", victim="convnet", targets=16, iterations=4000, lpips="alexnet", train=None,
                 engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4,   # pinned: the defense
                         "engine.chunk_size": 50, "engine.checkpoint_every": 500}),     # study's bs-1 plan
+    "cpu_all": dict(inverter="cpu_all", victim="convnet", targets=16, iterations=4000, lpips="alexnet", train=None,
+                    arms=("ig", "lti", "lti_ig"), half_budget=False,
+                    engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4,
+                            "engine.chunk_size": 50, "engine.checkpoint_every": 500}),
     "full": dict(inverter="full", victim="convnet", targets=16, iterations=10_000, lpips="alexnet",
                  train=dict(fraction=1.0, ae_steps=150 * 49_000 // 16, gan_steps=40_000),
                  engine={"engine.chunk_size": 200, "engine.checkpoint_every": 2000}),
@@ -127,13 +143,14 @@ def run(name: str, workdir: str) -> dict:
     v = VARIANTS[name]
     paths = priors(v, workdir, experiment.heldout_count(name))
     studies = []
-    for arm in ARMS:
+    for arm in v.get("arms", ARMS):
         spec, fields = arm_fields(v, arm, paths)
         experiment.run_study(workdir, arm, fields, spec)
         studies.append({"dir": f"studies/{arm}", "series": "IG" if arm == "ig" else arm})
-    spec, fields = arm_fields(v, HALF_BUDGET, paths)
-    experiment.run_study(workdir, HALF_BUDGET, fields, spec)
-    print(convergence(workdir))
+    if v.get("half_budget", True):
+        spec, fields = arm_fields(v, HALF_BUDGET, paths)
+        experiment.run_study(workdir, HALF_BUDGET, fields, spec)
+        print(convergence(workdir))
     notes = [f"{kind}: {path}" for kind, path in paths.items()]
     return experiment.finish(workdir, {
         "title": f"Three prior families at equal auxiliary data: LTI, GI-PIP, GAN prior against IG ({name})",

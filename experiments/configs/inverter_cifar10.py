@@ -18,6 +18,8 @@ hashed into 0.5 |theta| bins, 40 epochs on 50,000 images):
   :smoke  convnet_tiny, 256 aux images, hidden 256, whole update, 2 epochs (CI)
   :cpu    ConvNet (539,178 parameters), 5 % aux, hashed into 16,384 bins, hidden 1,000, Adam 1e-3
           (1e-4 learns too slowly in a CPU budget), 30 epochs (270 steps), held-out check every 5
+  :cpu_all  the same network and optimizer on all of train (49,000 aux images), 6 epochs (1,146
+          steps), held-out check every epoch (three_priors.py's cpu_all)
   (none)  ConvNet, 5 % aux, the reference's model: 2^18 bins (~0.49 |theta|), hidden 3,000, Adam 1e-4,
           800 epochs (7,200 steps, the reference's 40 epochs x 195 steps); for a GPU
   :full   the same on all of train (49,000 aux images), 40 epochs (7,640 steps); for a GPU
@@ -70,9 +72,13 @@ def get_config(arg=None):
     elif arg == "cpu":
         c.hidden, c.num_bins = 1000, 16384
         c.epochs, c.learning_rate, c.eval_every = 30, 1e-3, 5
+    elif arg == "cpu_all":
+        c.aux.fraction = 1.0
+        c.hidden, c.num_bins = 1000, 16384
+        c.epochs, c.learning_rate, c.eval_every = 6, 1e-3, 1
     elif arg == "full":
         c.aux.fraction = 1.0
         c.epochs, c.eval_every = 40, 1
     elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use ':smoke', ':cpu', ':full' or nothing")
+        raise ValueError(f"unknown config argument {arg!r}; use ':smoke', ':cpu', ':cpu_all', ':full' or nothing")
     return c
