@@ -135,8 +135,7 @@ VARIANTS = {
                   attacks=dict(image_size=16, victim="convnet_tiny", targets=2, bs4_targets=1, iterations=10, lpips=None,
                                engine={"engine.strategy": "unroll", "engine.attacks_per_device": 2,
                                        "engine.chunk_size": 5, "engine.checkpoint_every": 5})),
-    "cpu": dict(utility={"victim.name": "convnet", "victim.init": "torch", "train_count": 5_000,
-                         "eval_count": 5_000, "epochs": 8, "batch_size": 64, "learning_rate": 0.05},
+    "cpu": dict(utility={}, utility_variant="defense_study",   # utility_cifar10.py:defense_study, audits use it too
                 seeds=(0, 1), families=None, strengths=4,
                 attacks=dict(image_size=None, victim="convnet", targets=16, bs4_targets=8, iterations=4_000, lpips="alexnet",
                              engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4,
@@ -169,7 +168,8 @@ def run_utility(v: dict, workdir: str, seeds=None) -> dict[str, list[dict]]:
     folder = os.path.join(workdir, "utility")
     by_setting: dict[str, list[dict]] = {}
     for seed in seeds or v["seeds"]:
-        config = experiment.configured(UTILITY_CONFIG, {**v["utility"], "seed": seed})
+        variant = f":{v['utility_variant']}" if v.get("utility_variant") else ""
+        config = experiment.configured(UTILITY_CONFIG + variant, {**v["utility"], "seed": seed})
         config.settings = measured
         print(f"== utility, seed {seed}: {len(measured)} settings", flush=True)
         for setting, record in zip(measured, utility.run(config, folder)):

@@ -45,9 +45,9 @@ they learn from the same images in every variant.
 
 Budget on the 2-core CPU (cpu: ITER 4,000): LTI training (inverter_cifar10.py:cpu) ~1.6 h; ig, gipip
 and lti_ig 3 x 16 x 4,000 = 192k attack-steps and ig_half 32k, at ~80/s with signed steps, ~50 min;
-gan 64k generator steps, ~1 h; in all ~3.4 CPU hours, resumable. `cpu_all`: LTI training ~1.6 h (15 min
-an epoch of 49,000 updates, from `cpu`'s ~45 s per 2,500 on this machine), ig and lti_ig 128k
-attack-steps ~25 min; ~2 h. `full`: 10,000 iterations and the priors on all of train: for a GPU.
+gan 64k generator steps, ~1 h; in all ~3.4 CPU hours, resumable. `cpu_all`: LTI training ~1.4 h (`cpu`'s
+network trained at 62 client updates/s on this machine, 1,235 s for its 30 epochs: ~13 min an epoch of
+49,000), ig and lti_ig 128k attack-steps ~25 min; ~2 h. `full`: 10,000 iterations and the priors on all of train: for a GPU.
 
 Variants:
   smoke  tiny victim, 32 px, 256 auxiliary images (inverter_cifar10.py:smoke; AE and GAN trained a

@@ -11,6 +11,12 @@ Commands, from the repository root:
       convnet_tiny, 10,000 images, 4 epochs (55-95 s a setting on the 2-core CPU, DP-SGD slowest,
       measured; undefended eval acc 0.332, noise 1e-2 0.352, prune 0.9 0.318, DP-SGD z=1 0.265), the
       whole sweep below (30 settings; Soteria ~20x slower a step: a Jacobian per feature): 1-2 hours
+  gipip-jax utility --config experiments/configs/utility_cifar10.py:defense_study --workdir runs/utility_ds
+      the defense study's recipe (experiments/defenses.py cpu): ConvNet with PyTorch's init, 5,000 images,
+      8 epochs, accuracy on 5,000 test images; 5-11 min a setting on the 2-core CPU (DP-SGD ~14). Its
+      published cache, experiments/results/defenses/utility.json, holds every setting of that study for
+      seeds 0 and 1: copied to WORKDIR/utility.json (or an audit's W/utility/), those settings are read,
+      not trained (`gipip-jax audit --utility experiments/configs/utility_cifar10.py:defense_study`)
   gipip-jax utility --config experiments/configs/utility_cifar10.py --workdir runs/utility
       ConvNet, 50,000 images, 5 epochs, the whole sweep: meant for a GPU (on the 2-core CPU an
       epoch of ConvNet takes ~13 min, so ~1 h a setting; not run there)
@@ -55,6 +61,9 @@ def get_config(arg=None):
     elif arg == "cpu":
         c.victim.name = "convnet_tiny"
         c.train_count, c.eval_count, c.epochs = 10_000, 2_000, 4
+    elif arg == "defense_study":
+        c.victim.init = "torch"
+        c.train_count, c.eval_count, c.epochs = 5_000, 5_000, 8
     elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use ':smoke', ':cpu' or nothing")
+        raise ValueError(f"unknown config argument {arg!r}; use ':smoke', ':cpu', ':defense_study' or nothing")
     return c
