@@ -83,6 +83,10 @@ VARIANTS = {
                         "engine.chunk_size": 50, "engine.checkpoint_every": 500}),     # study's bs-1 plan
     "cpu_all": dict(inverter="cpu_all", victim="convnet", targets=16, iterations=4000, lpips="alexnet", train=None,
                     arms=("ig", "lti", "lti_ig"), half_budget=False,
+                    title="LTI trained on all of train against IG at CPU scale (cpu_all: not an equal-data comparison)",
+                    description="Untrained ConvNet (Flax init, seed 0), bs 1, no defense, given labels, CIFAR-10 test "
+                                "targets; the LTI network learned from all of train but 1,000 held out; signed Adam "
+                                "steps in the pixel arms (IG and LTI + IG).",
                     engine={"engine.strategy": "vmap_patches", "engine.attacks_per_device": 4,
                             "engine.chunk_size": 50, "engine.checkpoint_every": 500}),
     "full": dict(inverter="full", victim="convnet", targets=16, iterations=10_000, lpips="alexnet",
@@ -153,10 +157,11 @@ def run(name: str, workdir: str) -> dict:
         print(convergence(workdir))
     notes = [f"{kind}: {path}" for kind, path in paths.items()]
     return experiment.finish(workdir, {
-        "title": f"Three prior families at equal auxiliary data: LTI, GI-PIP, GAN prior against IG ({name})",
-        "description": "Untrained ConvNet (Flax init, seed 0), bs 1, no defense, given labels, CIFAR-10 test "
-                       "targets; every prior learned from the same auxiliary images; signed Adam steps in the "
-                       "pixel arms. Convergence of IG (this budget vs half of it): convergence.md.",
+        "title": v.get("title", f"Three prior families at equal auxiliary data: LTI, GI-PIP, GAN prior against IG ({name})"),
+        "description": v.get("description",
+                             "Untrained ConvNet (Flax init, seed 0), bs 1, no defense, given labels, CIFAR-10 test "
+                             "targets; every prior learned from the same auxiliary images; signed Adam steps in the "
+                             "pixel arms. Convergence of IG (this budget vs half of it): convergence.md."),
         "command": f"python experiments/three_priors.py {name} {workdir}", "baseline": "IG", "x_label": "arm",
         "studies": studies, "notes": notes})
 
