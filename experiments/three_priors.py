@@ -40,6 +40,14 @@ equal-data comparison: the AE and the GAN stay at 5 % (training them on all of t
 PRIMARY ENDPOINT of `cpu_all`: LTI alone and LTI + IG against IG, paired ΔPSNR over the 16 targets, the
 same CI and test, Holm over its 2 arms.
 
+Amendment 3 (2026-12-07, after the `cpu` results, so exploratory: no verdict, not in any Holm family):
+LTI's output is close to a flat grey for most targets, and LTI + IG's mean gain over IG rests on one
+target (test image 15: IG 11.6 dB, LTI + IG 25.6), so that gain may come from starting at a smooth image
+rather than from what the network learned. Arm ig_flat runs IG from a flat image of the normalization's
+mean colour (attack.init "flat") on the same targets; W/flat_start.md pairs LTI + IG with it (what the
+network's output adds over a flat start) and it with IG (what a flat start adds over N(0, 1)), each with
+its 95 % bootstrap CI and Wilcoxon p. 16 x 4,000 attack-steps, ~15 min.
+
 All three trainers draw their images with data.auxiliary_split (seed 0, the same held-out count), so
 they learn from the same images in every variant.
 
@@ -72,6 +80,7 @@ GAN = "experiments/checkpoints/gan_cifar10_aux5"
 AS_WEIGHT = 1e-2
 ARMS = ("ig", "gipip", "gan", "lti", "lti_ig")
 HALF_BUDGET = "ig_half"   # IG at half the iterations: W/convergence.md, not an arm of the comparison
+FLAT_START = "ig_flat"    # IG from a flat image (amendment 3, exploratory): W/flat_start.md, not an arm either
 
 VARIANTS = {
     "smoke": dict(inverter="smoke", victim="convnet_tiny", targets=2, iterations=10, lpips=None,
@@ -114,7 +123,7 @@ def priors(v: dict, workdir: str, heldout: int) -> dict[str, str]:
 
 
 def arm_fields(v: dict, arm: str, paths: dict[str, str]) -> tuple[str, dict]:
-    """(study config, dotted fields) of one arm (ARMS or HALF_BUDGET)."""
+    """(study config, dotted fields) of one arm (ARMS, HALF_BUDGET or FLAT_START)."""
     fields = {"data.name": "cifar10", "data.split": "test",
               "targets.starts": list(range(v["targets"])), "victim.name": v["victim"],
               "attack.iterations": v["iterations"], "attack.signed": True, "grid.tv_weight": [1e-6], "grid.as_weight": [0.0],
@@ -129,6 +138,8 @@ def arm_fields(v: dict, arm: str, paths: dict[str, str]) -> tuple[str, dict]:
             **fields, "inverter.checkpoint": paths["inverter"], "attack.iterations": 0 if arm == "lti" else v["iterations"]}
     if arm == HALF_BUDGET:
         return experiment.STUDY_CONFIG, {**fields, "attack.iterations": v["iterations"] // 2}
+    if arm == FLAT_START:
+        return experiment.STUDY_CONFIG, {**fields, "attack.init": "flat"}
     return experiment.STUDY_CONFIG, fields
 
 
@@ -141,13 +152,26 @@ def convergence(workdir: str) -> str:
                                         [("IG, this budget vs half of it", study("ig"), study(HALF_BUDGET))])
 
 
+def flat_start(workdir: str, arms: tuple[str, ...]) -> str:
+    """W/flat_start.md (amendment 3, exploratory): LTI + IG paired per target with IG from a flat image
+    (when the variant has an lti_ig arm), and IG from a flat image with IG from N(0, 1)."""
+    def study(name: str) -> dict[tuple, dict]:
+        return by_target(experiment.study_records(workdir, name))
+
+    pairs = [("LTI + IG vs IG from a flat image (what the network's output adds over a flat start)",
+              study("lti_ig"), study(FLAT_START))] if "lti_ig" in arms else []
+    pairs.append(("IG from a flat image vs IG from N(0, 1)", study(FLAT_START), study("ig")))
+    return experiment.write_paired(os.path.join(workdir, "flat_start.md"),
+                                   "Where the pixels start (exploratory, amendment 3)", pairs, p_value=True)
+
+
 def run(name: str, workdir: str) -> dict:
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
     v = VARIANTS[name]
     paths = priors(v, workdir, experiment.heldout_count(name))
-    studies = []
-    for arm in v.get("arms", ARMS):
+    studies, arms = [], v.get("arms", ARMS)
+    for arm in arms:
         spec, fields = arm_fields(v, arm, paths)
         experiment.run_study(workdir, arm, fields, spec)
         studies.append({"dir": f"studies/{arm}", "series": "IG" if arm == "ig" else arm})
@@ -155,6 +179,9 @@ def run(name: str, workdir: str) -> dict:
         spec, fields = arm_fields(v, HALF_BUDGET, paths)
         experiment.run_study(workdir, HALF_BUDGET, fields, spec)
         print(convergence(workdir))
+    spec, fields = arm_fields(v, FLAT_START, paths)
+    experiment.run_study(workdir, FLAT_START, fields, spec)
+    print(flat_start(workdir, arms))
     notes = [f"{kind}: {path}" for kind, path in paths.items()]
     return experiment.finish(workdir, {
         "title": v.get("title", f"Three prior families at equal auxiliary data: LTI, GI-PIP, GAN prior against IG ({name})"),

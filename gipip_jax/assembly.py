@@ -30,8 +30,9 @@ from gipip_jax.victims import make_victim
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # GI-PIP's AS offsets c by image side (the authors' values): 32 px, 64 px, 224 px.
 REFERENCE_AS_OFFSETS = {32: 0.001, 64: 0.002, 224: 0.005}
-# attack.init of pixel attacks: x ~ N(0, 1), or the output of the Learning-to-Invert network inverter.checkpoint
-ATTACK_INITS = ("random", "inverter")
+# attack.init of pixel attacks: x ~ N(0, 1), a flat image of the normalization's mean colour (x = 0), or the
+# output of the Learning-to-Invert network inverter.checkpoint
+ATTACK_INITS = ("random", "flat", "inverter")
 
 
 def resolve_path(path: str) -> str:
@@ -133,7 +134,8 @@ def optimization(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> O
     generator_lr) or "dip" (config.dip: widths, learning_rate, noise_channels, noise_std). Every
     Adam phase uses the reference step schedule (x0.1 at 3/8, 5/8, 7/8 of its iterations).
     attack.init "inverter" (pixels only): every attack starts at the Learning-to-Invert network
-    inverter.checkpoint's reconstruction from its target update (attack.iterations 0: LTI alone)."""
+    inverter.checkpoint's reconstruction from its target update (attack.iterations 0: LTI alone);
+    "flat" (pixels only): at a flat image of the normalization's mean colour, the same for every key."""
     a = config.attack
     name, labels = a.get("optimizer", "adam"), a.get("labels", "given")
     if name not in OPTIMIZERS:
@@ -141,8 +143,8 @@ def optimization(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> O
     start = a.get("init", "random")
     if start not in ATTACK_INITS:
         raise ValueError(f"unknown attack.init {start!r}; choose one of {', '.join(ATTACK_INITS)}")
-    if start == "inverter" and (name != "adam" or a.get("parameterization", "pixels") != "pixels"):
-        raise ValueError("attack.init='inverter' starts the pixels: it needs attack.optimizer='adam' and "
+    if start != "random" and (name != "adam" or a.get("parameterization", "pixels") != "pixels"):
+        raise ValueError(f"attack.init={start!r} starts the pixels: it needs attack.optimizer='adam' and "
                          "attack.parameterization='pixels'")
     if labels == "dlg" and name != "lbfgs":
         raise ValueError("attack.labels='dlg' (soft labels learned jointly) needs attack.optimizer='lbfgs'")
@@ -158,7 +160,8 @@ def optimization(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> O
         p = parameterizations.pixels(info.bounds(), start=lambda update: info.normalize(inv.images01(update)))
         return Optimization(p, make_optimizer(a.learning_rate, a.iterations, signed=a.signed), inverter_meta=meta)
     if kind == "pixels":
-        return Optimization(None, make_optimizer(a.learning_rate, a.iterations, signed=a.signed))
+        p = parameterizations.pixels(info.bounds(), flat=True) if start == "flat" else None
+        return Optimization(p, make_optimizer(a.learning_rate, a.iterations, signed=a.signed))
     if kind == "gan":
         g = config.get("gan")
         if g is None or not g.get("checkpoint"):

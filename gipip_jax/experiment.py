@@ -134,21 +134,28 @@ def learned_prior_fields(fields: dict, iterations: int, *, pinned_engine: bool) 
 
 
 def write_convergence(path: str, pairs: list[tuple[str, dict, dict]]) -> str:
-    """Writes `path` ("Has the attack converged?", markdown) and returns its text: per (label, this
-    budget's {target: record}, another budget's) the paired ΔPSNR with its 95 % bootstrap CI over the
-    targets both hold, the two means, and the targets at or above strongest.RECOGNISABLE_PSNR. A pair
-    with fewer than 2 shared targets is left out."""
+    """write_paired titled "Has the attack converged?": per (label, this budget's {target: record},
+    another budget's)."""
+    return write_paired(path, "Has the attack converged?", pairs)
+
+
+def write_paired(path: str, title: str, pairs: list[tuple[str, dict, dict]], *, p_value: bool = False) -> str:
+    """Writes `path` (markdown headed `title`) and returns its text: per (label, {target: record},
+    another arm's) the paired ΔPSNR with its 95 % bootstrap CI over the targets both hold (and the
+    Wilcoxon p when `p_value`), the two means, and the targets at or above
+    strongest.RECOGNISABLE_PSNR. A pair with fewer than 2 shared targets is left out."""
     from gipip_jax import paired, strongest
 
     threshold = strongest.RECOGNISABLE_PSNR
-    lines = ["# Has the attack converged?", ""]
+    lines = [f"# {title}", ""]
     for label, ours, other in pairs:
         a, b = paired.shared_targets(ours, other)
         if len(a) < 2:
             continue
         st = paired.paired_stats(a, b)
+        p = f", {st['better']}↑/{st['worse']}↓, Wilcoxon p {st['p_value']:.2g}" if p_value else ""
         lines.append(f"- {label}, {st['n']} shared targets: ΔPSNR {st['mean']:+.2f} dB [{st['ci_low']:+.2f}, "
-                     f"{st['ci_high']:+.2f}], median {st['median']:+.2f}; mean {a.mean():.2f} vs {b.mean():.2f} dB; "
+                     f"{st['ci_high']:+.2f}], median {st['median']:+.2f}{p}; mean {a.mean():.2f} vs {b.mean():.2f} dB; "
                      f"at or above {threshold:g} dB: {int((a >= threshold).sum())} vs {int((b >= threshold).sum())}.")
     text = "\n".join(lines)
     write_text(path, text + "\n")

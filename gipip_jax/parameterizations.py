@@ -48,15 +48,17 @@ class Parameterization(NamedTuple):
     from_update: Callable[[jax.Array, tuple, PyTree], PyTree] | None = None
 
 
-def pixels(bounds: tuple, start: Callable[[PyTree], jax.Array] | None = None) -> Parameterization:
+def pixels(bounds: tuple, start: Callable[[PyTree], jax.Array] | None = None, flat: bool = False) -> Parameterization:
     """The images themselves: x ~ N(0, 1), kept in the box bounds = (lo, hi), each (C,).
-    start(update) -> (B, H, W, C) normalized images: the attack starts there instead (in the box)."""
+    start(update) -> (B, H, W, C) normalized images: the attack starts there instead (in the box).
+    flat: every attack starts at x = 0, the normalization's mean colour (a flat image; breaching's "zeros")."""
     lo, hi = (jnp.asarray(b, jnp.float32) for b in bounds)
     project = lambda x: optax.projections.projection_box(x, lo, hi)  # noqa: E731
     from_update = None if start is None else (lambda key, shape, update: project(start(update).astype(jnp.float32)))
     return Parameterization(
         "pixels",
-        lambda key, shape: jax.random.normal(key, shape, jnp.float32),
+        (lambda key, shape: jnp.zeros(shape, jnp.float32)) if flat else
+        (lambda key, shape: jax.random.normal(key, shape, jnp.float32)),
         lambda x: x,
         project,
         from_update=from_update)

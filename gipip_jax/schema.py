@@ -102,8 +102,9 @@ def table() -> dict[str, Field]:
         "attack.signed": Field("bool", "signed Adam steps (Inverting Gradients)", ATTACKS),
         "attack.iterations": _integer("optimizer steps per attack (0 only with attack.init='inverter': the network's "
                                       "reconstruction alone)", ATTACKS),
-        "attack.init": Field("choice", "where the pixels start: N(0, 1), or the LTI network's output for the "
-                             "target update (inverter.checkpoint)", ATTACKS, choices=assembly.ATTACK_INITS),
+        "attack.init": Field("choice", "where the pixels start: N(0, 1) ('random'), a flat image of the "
+                             "normalization's mean colour ('flat'), or the LTI network's output for the target "
+                             "update ('inverter', inverter.checkpoint)", ATTACKS, choices=assembly.ATTACK_INITS),
         "inverter.checkpoint": Field("path", "the LTI network (gipip-jax train-inverter), used with attack.init "
                                      "'inverter'", ATTACKS),
         "attack.restarts": _integer("attacks per target and setting, from different keys", ATTACKS, low=1),

@@ -157,13 +157,16 @@ def setting_label(setting: dict) -> str:
 
 def fingerprint(config: ml_collections.ConfigDict) -> str:
     """The study's config fingerprint, LATER_FIELDS left out of the grid while they hold only their default,
-    and engine.plan (also added later) while it is "" (published studies keep their fingerprints)."""
+    and engine.plan and attack.init (also added later) while they are "" and "random" (published studies
+    keep their fingerprints)."""
     config = ml_collections.ConfigDict(config.to_dict())
     for field in LATER_FIELDS:
         if list(config.grid.get(field) or [GRID_DEFAULTS[field]]) == [GRID_DEFAULTS[field]] and field in config.grid:
             del config.grid[field]
     if "plan" in config.engine and not config.engine.plan:
         del config.engine["plan"]
+    if config.attack.get("init") == "random":
+        del config.attack["init"]
     return assembly.config_fingerprint(config)
 
 

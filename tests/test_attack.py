@@ -9,7 +9,7 @@ from gipip_jax import attack, engine
 from gipip_jax.client import victim_gradient
 from gipip_jax.data import DatasetInfo
 from gipip_jax.objectives import make_objective
-from gipip_jax.parameterizations import dlg
+from gipip_jax.parameterizations import dlg, pixels
 from gipip_jax.victims import make_victim
 
 INFO = DatasetInfo("toy", (8, 8, 3), 4, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), tuple("abcd"))
@@ -113,3 +113,18 @@ def test_line_search_attack_keeps_its_best_iterate(problem):
     assert float(best_loss) == min(losses)
     assert float(objective(best_params["x"], target, labels)[0]) == pytest.approx(min(losses), rel=1e-5)
     assert a.result(state) is best_params and a.keeps_best
+
+
+def test_flat_start_is_the_mean_colour_for_every_key_and_the_attack_moves_from_it(problem):
+    objective, target, labels = problem
+    shape = (1, *INFO.image_shape)
+    a = attack.make_attack(objective, attack.make_optimizer(0.1, 20, signed=True), INFO.bounds(),
+                           parameterization=pixels(INFO.bounds(), flat=True))
+    first, other = a.init(jax.random.key(1), shape), a.init(jax.random.key(2), shape)
+    np.testing.assert_array_equal(first.x, other.x)
+    np.testing.assert_allclose(INFO.denormalize(first.x), np.broadcast_to(INFO.mean, shape), atol=1e-6)
+    start = float(objective(first.x, target, labels)[0])
+    step, state = jax.jit(a.step), first
+    for _ in range(20):
+        state = step(state, target, labels)
+    assert float(objective(state.x, target, labels)[0]) < start

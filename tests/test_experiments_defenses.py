@@ -33,6 +33,11 @@ def test_three_priors_smoke_attacks_the_same_targets_with_every_prior_trained_on
     half = read_records(os.path.join(tmp_path, "studies", "ig_half", "results.jsonl"))
     assert [r["iterations"] for r in half] == [5, 5] and sorted(tuple(r["target_indices"]) for r in half) == targets
     assert "IG, this budget vs half of it, 2 shared targets" in (tmp_path / "convergence.md").read_text()
+    flat = read_records(os.path.join(tmp_path, "studies", "ig_flat", "results.jsonl"))
+    assert [r["config"]["attack"]["init"] for r in flat] == ["flat", "flat"]
+    assert sorted(tuple(r["target_indices"]) for r in flat) == targets
+    start = (tmp_path / "flat_start.md").read_text()
+    assert "LTI + IG vs IG from a flat image" in start and "IG from a flat image vs IG from N(0, 1), 2 shared" in start
 
 
 @pytest.mark.slow

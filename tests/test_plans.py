@@ -166,6 +166,12 @@ def test_engine_plan_leaves_published_fingerprints_unchanged():
         assert study.fingerprint(config) == record["fingerprint"], path
         config.engine.plan = "runs/other/plan.json"
         assert study.fingerprint(config) != record["fingerprint"], path
+        config.engine.plan = ""
+        if config.attack.get("init", "random") == "random":
+            config.attack.init = "random"   # attack.init, added later too, at its default
+            assert study.fingerprint(config) == record["fingerprint"], path
+        config.attack.init = "flat"
+        assert study.fingerprint(config) != record["fingerprint"], path
 
 
 def test_shipped_study_configs_carry_the_plan_field():

@@ -36,7 +36,8 @@ def get_config(arg=None):
     # labels: "given", or recovered from each shared update: idlg | yin | llg | bias_count.
     c.attack = dict(matching="cosine", learning_rate=0.1, signed=False, iterations=1000, restarts=1, max_tries=2,
                     restart_selection="matching",  # the restart kept per target: lowest matching term | objective
-                    labels="given")
+                    labels="given",
+                    init="random")  # where the pixels start: random (N(0, 1)) | flat (the normalization's mean colour)
     # One threat model per study: fedsgd | fedavg (local_steps, local_lr, local_batch_size), clients summed.
     c.threat = dict(THREAT_DEFAULTS)
     # Per-attack settings, each a list: every combination runs on every target. Objective weights
