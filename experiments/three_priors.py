@@ -143,24 +143,23 @@ def arm_fields(v: dict, arm: str, paths: dict[str, str]) -> tuple[str, dict]:
     return experiment.STUDY_CONFIG, fields
 
 
+def study(workdir: str, name: str) -> dict[tuple, dict]:
+    """W/studies/NAME's records by target."""
+    return by_target(experiment.study_records(workdir, name))
+
+
 def convergence(workdir: str) -> str:
     """W/convergence.md: IG at ITER iterations paired per target with IG at half of them."""
-    def study(name: str) -> dict[tuple, dict]:
-        return by_target(experiment.study_records(workdir, name))
-
     return experiment.write_convergence(os.path.join(workdir, "convergence.md"),
-                                        [("IG, this budget vs half of it", study("ig"), study(HALF_BUDGET))])
+                                        [("IG, this budget vs half of it", study(workdir, "ig"), study(workdir, HALF_BUDGET))])
 
 
 def flat_start(workdir: str, arms: tuple[str, ...]) -> str:
     """W/flat_start.md (amendment 3, exploratory): LTI + IG paired per target with IG from a flat image
     (when the variant has an lti_ig arm), and IG from a flat image with IG from N(0, 1)."""
-    def study(name: str) -> dict[tuple, dict]:
-        return by_target(experiment.study_records(workdir, name))
-
     pairs = [("LTI + IG vs IG from a flat image (what the network's output adds over a flat start)",
-              study("lti_ig"), study(FLAT_START))] if "lti_ig" in arms else []
-    pairs.append(("IG from a flat image vs IG from N(0, 1)", study(FLAT_START), study("ig")))
+              study(workdir, "lti_ig"), study(workdir, FLAT_START))] if "lti_ig" in arms else []
+    pairs.append(("IG from a flat image vs IG from N(0, 1)", study(workdir, FLAT_START), study(workdir, "ig")))
     return experiment.write_paired(os.path.join(workdir, "flat_start.md"),
                                    "Where the pixels start (exploratory, amendment 3)", pairs, p_value=True)
 
