@@ -92,15 +92,16 @@ def dp_epsilon(defense: Mapping, train_count: int, batch_size: int, epochs: int,
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict]:
-    """Measures every setting of `config.settings` not yet in WORKDIR/utility.json; returns the
-    records of all of them (cached or new), in config order."""
+    """Measures every setting of `config.settings` not yet in WORKDIR/utility.json, each distinct one
+    once; returns the records of all of them (cached or new), one per setting, in config order."""
     settings = [dict(s) for s in config.settings]
     for setting in settings:
         defenses.parse(setting)
     fields = recipe(config)
     cache_path = os.path.join(workdir, CACHE_FILE)
     cache = read_cache(cache_path)
-    todo = [s for s in settings if setting_key(fields, s) not in cache]
+    distinct = {setting_key(fields, s): s for s in settings}
+    todo = [s for key, s in distinct.items() if key not in cache]
     if todo:
         train_set = assembly.load_dataset(config.data, "train")
         test_set = assembly.load_dataset(config.data, config.data.test_split)
@@ -127,9 +128,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
         cache[setting_key(fields, setting)] = record
         write_cache(cache_path, cache)
         log(f"  eval_acc {record['eval_acc']:.4f} ({record['seconds']:.0f} s)")
-    records = [cache[setting_key(fields, s)] for s in settings]
-    log(table(records))
-    return records
+    log(table([cache[key] for key in distinct]))
+    return [cache[setting_key(fields, s)] for s in settings]
 
 
 def eta(started: float, done: int, total: int) -> str:

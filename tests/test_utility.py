@@ -43,11 +43,14 @@ def test_a_sweep_trains_each_setting_once_and_caches_it(fixtures_dir, tmp_path):
     assert records[2]["dp_epsilon"] == pytest.approx(privacy.dp_sgd_epsilon(1.0, 4 / 8, 2 * 2, 1e-5))
     cache = json.loads((tmp_path / "w" / utility.CACHE_FILE).read_text())
     assert len(cache) == 3 and "| {'prune_sparsity': 0.9} |" in lines[-1]
-    # a rerun with one more setting trains only that one; the cached records come back unchanged
+    # a rerun with one more setting, named twice (and the undefended one spelled out), trains only that
+    # one, once; the cached records come back unchanged and the table lists each setting once
     lines.clear()
-    more = utility.run(config(fixtures_dir, tmp_path, settings + [{"noise_std": 0.1}]), str(tmp_path / "w"),
-                       log=lines.append)
-    assert more[:3] == records and sum(line.startswith("[") for line in lines) == 1
+    more = utility.run(config(fixtures_dir, tmp_path, settings + [{"noise_std": 0.1}, {"noise_std": 0.1},
+                                                                  {"noise_std": 0.0}]),
+                       str(tmp_path / "w"), log=lines.append)
+    assert more[:3] == records and more[3] == more[4] and more[5] == records[0]
+    assert sum(line.startswith("[") for line in lines) == 1 and lines[-1].count("\n") == 1 + 4
     assert len(json.loads((tmp_path / "w" / utility.CACHE_FILE).read_text())) == 4
 
 
