@@ -100,7 +100,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
     fields = recipe(config)
     cache_path = os.path.join(workdir, CACHE_FILE)
     cache = read_cache(cache_path)
-    distinct = {setting_key(fields, s): s for s in settings}
+    keys = [setting_key(fields, s) for s in settings]
+    distinct = dict(zip(keys, settings))
     todo = [s for key, s in distinct.items() if key not in cache]
     if todo:
         train_set = assembly.load_dataset(config.data, "train")
@@ -129,7 +130,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
         write_cache(cache_path, cache)
         log(f"  eval_acc {record['eval_acc']:.4f} ({record['seconds']:.0f} s)")
     log(table([cache[key] for key in distinct]))
-    return [cache[setting_key(fields, s)] for s in settings]
+    return [cache[key] for key in keys]
 
 
 def eta(started: float, done: int, total: int) -> str:
