@@ -9,12 +9,18 @@
 # nothing is trained. Rerunning resumes every audit.
 # Budget on the 2-core CPU (attack-steps at the defense study's rates, ~85/s at bs 1 and ~22/s at bs 4):
 #   bs1_none 128 attacks (512k steps) ~1.7 h; bs1_noise 96 (384k) ~1.3 h; bs4_none 64 (256k) ~3.2 h;
-#   bs4_noise 48 (192k) ~2.4 h: ~8.6 h in all.
-# Usage: bash experiments/audits_convnet.sh WORKROOT   (each audit in WORKROOT/bs{1,4}_{none,noise})
+#   bs4_noise 48 (192k) ~2.4 h: ~8.6 h in all. Measured: bs 1 at 75-92/s (2026-12-07); bs 4 at ~14.5/s
+#   on another 2-core machine of this kind (AMD EPYC, 2026-12-07), which makes bs 4 ~8.6 h alone.
+# Usage: bash experiments/audits_convnet.sh WORKROOT [BATCH_SIZES]   (each audit in
+#   WORKROOT/bs{1,4}_{none,noise}; BATCH_SIZES "1 4" unless given, e.g. "4" to run only the bs-4 audits)
 set -euo pipefail
-root=${1:?usage: bash experiments/audits_convnet.sh WORKROOT}
+root=${1:?usage: bash experiments/audits_convnet.sh WORKROOT [BATCH_SIZES]}
+batch_sizes=${2:-1 4}
+for bs in $batch_sizes; do
+  case "$bs" in 1|4) ;; *) echo "audits_convnet.sh: batch size '$bs' is not one of this design's (1, 4)" >&2; exit 2;; esac
+done
 cd "$(dirname "$0")/.."
-for bs in 1 4; do
+for bs in $batch_sizes; do
   targets=16; [ "$bs" = 4 ] && targets=8
   for name in none noise; do
     dir="$root/bs${bs}_$name"
