@@ -295,20 +295,24 @@ def utility_config(setup: dict, settings: list[dict]):
 
 def leakage_cells(study_dir: str) -> dict[str, dict]:
     """{defense key: per target, the oracle-free and oracle picks' per-image PSNR / LPIPS, label
-    accuracy, and the picked records} of a finished audit study."""
+    accuracy, and the picked records; the suite's arms; every candidate's defense-aware matching value
+    (strongest.rescore), by attack id} of a finished audit study."""
     from gipip_jax import strongest
     from gipip_jax.results import ok_records
 
     records = ok_records(study_dir)
-    picks = strongest.strongest(records, strongest.rescore(study_dir, records))
+    scores = strongest.rescore(study_dir, records)
+    picks = strongest.strongest(records, scores)
     cells: dict[str, dict] = {}
     for (key, _), chosen in sorted(picks["oracle_free"].items()):
-        cell = cells.setdefault(key, {"records": [], "oracle": []})
+        cell = cells.setdefault(key, {"records": [], "oracle": [], "suite": set(), "scores": {}})
         cell["records"].append(chosen)
     for (key, _), chosen in sorted(picks["oracle"].items()):
         cells[key]["oracle"].append(chosen)
     for r in records:
-        cells[strongest.defense_key(r["setting"])].setdefault("suite", set()).add(arm_name(r))
+        cell = cells[strongest.defense_key(r["setting"])]
+        cell["suite"].add(arm_name(r))
+        cell["scores"][r["attack_id"]] = scores[r["attack_id"]]
     return cells
 
 
@@ -321,7 +325,9 @@ def leakage(cell: dict) -> dict:
     """Headline numbers of one defense setting's picks: images, recognisable count, median PSNR with
     its 95 % CI (paired.bootstrap_median_ci: over targets), worst-case PSNR, the oracle's
     median, labels recovered (or "given"), share of targets picked from the defense-aware arm, the
-    arms of the suite and the picked attack ids (one per target, in target order)."""
+    arms of the suite, the picked attack ids (one per target, in target order) and every candidate's
+    defense-aware matching value by attack id ("scores": per target the pick is the lowest, so the
+    picks can be checked from audit.json and the records alone)."""
     from gipip_jax import paired, strongest
 
     psnr = np.asarray([r["per_image"]["psnr"] for r in cell["records"]], float)
@@ -334,7 +340,8 @@ def leakage(cell: dict) -> dict:
             "oracle_median_psnr": float(np.median(oracle)),
             "labels": "given" if given else int(round(sum(r["label_accuracy"] * r["batch_size"] for r in cell["records"]))),
             "aware_share": float(np.mean([bool(r["setting"].get("adaptive")) for r in cell["records"]])),
-            "suite": sorted(cell["suite"]), "picked": [r["attack_id"] for r in cell["records"]]}
+            "suite": sorted(cell["suite"]), "picked": [r["attack_id"] for r in cell["records"]],
+            "scores": {str(i): cell["scores"][i] for i in sorted(cell["scores"])}}
 
 
 def summarize_audit(setup: dict, studies: dict[str, str], costs: dict[str, dict], prior: str) -> dict:

@@ -73,6 +73,10 @@ def test_the_headline_counts_are_those_of_the_picked_records(audited):
     for r in picked:
         suite = [s for s in records if s["target_indices"] == r["target_indices"]]
         assert scores[r["attack_id"]] == min(scores[s["attack_id"]] for s in suite)
+    # audit.json lists every candidate's value, so the picks can be checked from it and the records alone
+    declared_ids = [r["attack_id"] for r in records if strongest.defense_key(r["setting"]) ==
+                    strongest.defense_key(picked[0]["setting"])]
+    assert declared["scores"] == {str(i): pytest.approx(scores[i]) for i in sorted(declared_ids)}
     assert audit.headline(summary) in done.stdout
     report = (w / "report.md").read_text()
     assert audit.headline(summary) in report and "labels recovered" in report
