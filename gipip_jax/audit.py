@@ -413,16 +413,18 @@ def threat_paragraph(setup: dict) -> str:
             f"the shared one. {defense} It never sees the images.")
 
 
-def worst_cases(summary_cell: dict, study_dir: str, path: str) -> str | None:
-    """PNG of the WORST_SHOWN most-leaked images of the declared setting's picks: ground truth above
-    reconstruction, each column titled with its PSNR; returns the caption, or None without images."""
-    from gipip_jax import report
+def worst_cases(picked: list[int], study_dir: str, path: str) -> str | None:
+    """PNG of the WORST_SHOWN most-leaked images of the declared setting's picks (attack ids, the
+    summary's "picked"): ground truth above reconstruction, each column titled with its PSNR; returns
+    the caption, or None without images."""
+    from gipip_jax import report, summarize
     from gipip_jax.report_plots import save_labelled_grid
-    from gipip_jax.results import read_reconstructions
+    from gipip_jax.results import ok_records, read_reconstructions
 
+    records = {r["attack_id"]: r for r in summarize.best_restarts(ok_records(study_dir))}
     images = read_reconstructions(study_dir)
     found = []
-    for r in summary_cell["records"]:
+    for r in (records[i] for i in picked):
         if r["attack_id"] in images:
             truth = report.ground_truth(r)
             reconstructed = images[r["attack_id"]][np.asarray(r["per_image"]["order"])]
@@ -463,8 +465,7 @@ def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: di
     if defenses.parse(setup["defense"]).fields["dp_clip_norm"]:
         blocks.append(("p", f"DP-SGD: ε = {eps:.3g} at δ = {DELTA:g} (RDP accountant, Poisson sampling assumed)"
                        if eps is not None else "DP-SGD: ε not computed; pass --train-size and --epochs."))
-    caption = worst_cases(leakage_cells(studies["declared"])[strongest.defense_key(setup["defense"])],
-                          studies["declared"], os.path.join(folder, "worst_cases.png"))
+    caption = worst_cases(d["picked"], studies["declared"], os.path.join(folder, "worst_cases.png"))
     blocks.append(("h2", "Worst cases"))
     blocks.append(("img", (caption, "report/worst_cases.png")) if caption else
                   ("p", "No reconstructions beside the records."))
