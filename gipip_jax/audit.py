@@ -417,11 +417,11 @@ def worst_cases(picked: list[int], study_dir: str, path: str) -> str | None:
     """PNG of the WORST_SHOWN most-leaked images of the declared setting's picks (attack ids, the
     summary's "picked"): ground truth above reconstruction, each column titled with its PSNR; returns
     the caption, or None without images."""
-    from gipip_jax import report, summarize
+    from gipip_jax import report
     from gipip_jax.report_plots import save_labelled_grid
     from gipip_jax.results import ok_records, read_reconstructions
 
-    records = {r["attack_id"]: r for r in summarize.best_restarts(ok_records(study_dir))}
+    records = {r["attack_id"]: r for r in ok_records(study_dir)}   # one attack id per restart
     images = read_reconstructions(study_dir)
     found = []
     for r in (records[i] for i in picked):
