@@ -485,7 +485,7 @@ def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: di
     blocks += [("h2", "What would help"), ("table", (header, rows)),
                ("p", "Stronger settings are attacked by IG, unaware and aware of the defense (the declared setting "
                      "by the whole suite). Accuracy cost: the undefended test accuracy minus the setting's, in points, "
-                     "from the --utility config" if setup["utility"] else
+                     f"from the --utility config ({setup['utility']})." if setup["utility"] else
                      "Stronger settings are attacked by IG, unaware and aware of the defense (the declared setting by "
                      "the whole suite). Accuracy cost not measured: pass --utility CONFIG (a `gipip-jax utility` "
                      "config) to train the model under each setting.")]

@@ -92,7 +92,7 @@ def test_the_headline_counts_are_those_of_the_picked_records(audited):
     undefended = next(r for r in costs.values() if r["defense"] == defenses.DEFENSE_DEFAULTS)
     for row in (stronger, *least):
         assert row["accuracy_drop"] == pytest.approx(undefended["eval_acc"] - row["accuracy"])
-    assert "not measured" not in report
+    assert "not measured" not in report and f"from the --utility config ({root / 'utility_tiny.py'})." in report
 
 
 @pytest.mark.slow
