@@ -45,7 +45,10 @@ Part f, batch size (studies bs1, bs8; W/batch_size.md, W/batch_size/report.md): 
 Budget on the 2-core CPU (rates measured in as_claim: ConvNet ~22 attack-steps/s at bs 4, ~60 at bs 1;
 bs 8 assumed ~11): AEs ~1 h (bce_c at most 1,000 epochs of ~2–4 s); part e 56 x 3,000 = 168k
 attack-steps, ~2.1 h; part f bs1 24 x 10,000 = 240k, ~1.1 h; bs8 16 x 10,000 = 160k, ~4 h. In all
-~8–9 CPU hours, a multi-session run: kill it at any time and rerun the same command to resume.
+~8–9 CPU hours. On the AMD EPYC 2-core machine (avx2, no AVX-512) the issue-33 audits ran the same
+engine plan at 14–16 attack-steps/s at bs 4 and 75–92 at bs 1, which makes part e ~3.1 h, bs1 ~0.8 h
+and bs8 (~7/s assumed) ~6.3 h: ~11–12 CPU hours there. A multi-session run: kill it at any time and
+rerun the same command to resume (studies from their last checkpoint; an AE in training restarts).
 
 Variants:
   smoke  tiny victim, 16 px, 256 auxiliary images, AEs of at most 3 epochs (targets 1.5 and 1.2 times
