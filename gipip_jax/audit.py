@@ -97,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "ConvNet: README, 'Audit your own model')")
     audit.add_argument("--prior", default="auto", help="AE prior for GI-PIP: a `gipip-jax train-ae` checkpoint, "
                        f"'none', or 'auto' (the shipped {SHIPPED_PRIOR} when images are 32x32x3)")
-    audit.add_argument("--stronger", type=int, default=2, help="stronger defense settings tried (default 2, 0: none)")
+    audit.add_argument("--stronger", type=int, default=2, help="stronger defense settings tried, the next ones "
+                       "on the defense's ladder (fewer where the ladder ends; default 2, 0: none)")
     audit.add_argument("--utility", default="", metavar="CONFIG", help="a `gipip-jax utility` config "
                        "(PATH.py[:ARG]) to measure each setting's accuracy cost with; default: not measured")
     audit.add_argument("--fail-above", default="", metavar="METRIC=VALUE",
