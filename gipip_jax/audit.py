@@ -483,13 +483,13 @@ def write_report(setup: dict, workdir: str, studies: dict[str, str], summary: di
                      f"{row['recognisable']}/{row['images']}", f"{row['median_psnr']:.1f} [{low:.1f}, {high:.1f}]",
                      f"{row['max_psnr']:.1f}", f"{100 * row['aware_share']:.0f} %", cost,
                      "" if row["dp_epsilon"] is None else f"{row['dp_epsilon']:.3g}"])
+    cost_source = (f"Accuracy cost: the undefended test accuracy minus the setting's, in points, from the "
+                   f"--utility config ({setup['utility']})." if setup["utility"] else
+                   "Accuracy cost not measured: pass --utility CONFIG (a `gipip-jax utility` config) to train the "
+                   "model under each setting.")
     blocks += [("h2", "What would help"), ("table", (header, rows)),
                ("p", "Stronger settings are attacked by IG, unaware and aware of the defense (the declared setting "
-                     "by the whole suite). Accuracy cost: the undefended test accuracy minus the setting's, in points, "
-                     f"from the --utility config ({setup['utility']})." if setup["utility"] else
-                     "Stronger settings are attacked by IG, unaware and aware of the defense (the declared setting by "
-                     "the whole suite). Accuracy cost not measured: pass --utility CONFIG (a `gipip-jax utility` "
-                     "config) to train the model under each setting.")]
+                     "by the whole suite). " + cost_source)]
     paths = {"markdown": os.path.join(workdir, "report.md"), "html": os.path.join(workdir, "report.html")}
     write_text(paths["markdown"], report.markdown_page(blocks))
     write_text(paths["html"], report.html_page(blocks[0][1], blocks))
